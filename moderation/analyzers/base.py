@@ -1,0 +1,105 @@
+"""The analyzer port: what every analyzer (hash banks, lite CPU models, the VLM) produces.
+
+This module must stay import-light (no torch, no model stacks): the API imports it.
+Adapters that need heavy libraries import them inside their constructors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+FLAGS = ("text_in_image", "meme", "irony", "prompt_injection")
+
+
+@dataclass
+class Finding:
+    """What one analyzer says about one image.
+
+    `scores` holds a probability-like score in [0, 1] per policy category. `covered` lists the
+    categories the analyzer can actually see (None: exactly those in `scores`); the policy uses
+    it to route uncovered categories. `error` set means the analyzer failed: the policy fails
+    closed on it, never to allow.
+    """
+
+    analyzer: str
+    version: str
+    stage: str
+    scores: dict[str, float] = field(default_factory=dict)
+    confidence: float = 1.0
+    covered: list[str] | None = None
+    rationale: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    ocr_text: str | None = None
+    error: str | None = None
+    model: dict[str, str] | None = None  # id, version, prompt_version
+    bank_match: dict[str, Any] | None = None  # bank, kind, label, category, distance, entry_id, hash
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def coverage(self) -> set[str]:
+        return set(self.covered) if self.covered is not None else set(self.scores)
+
+
+@dataclass(frozen=True)
+class AnalysisInput:
+    submission_id: str
+    tenant_id: str
+    image: Image.Image  # RGB, normalised
+    sha256: str
+    caption: str | None = None
+    phash: str | None = None
+    pdq: str | None = None
+    frames: int = 1
+    categories: tuple[str, ...] = ()  # the policy's categories in scope
+
+
+class Analyzer(ABC):
+    """One stage of a policy's cascade. Implementations must be safe to call repeatedly."""
+
+    name: str = "analyzer"
+    version: str = "0"
+
+    @abstractmethod
+    def analyze(self, item: AnalysisInput) -> Finding:
+        """Analyze one image. Raise TransientAnalyzerError for faults worth retrying."""
+
+    def analyze_batch(self, items: list[AnalysisInput]) -> list[Finding]:
+        """Analyze several images; one bad item must not fail the others."""
+        out: list[Finding] = []
+        for item in items:
+            try:
+                out.append(self.analyze(item))
+            except TransientAnalyzerError:
+                raise
+            except Exception as exc:  # one item's failure becomes that item's error finding
+                out.append(Finding(self.name, self.version, stage="", error=f"{type(exc).__name__}: {exc}"))
+        return out
+
+
+class TransientAnalyzerError(Exception):
+    """A fault outside the input (model server down, CUDA OOM): retry later."""
+
+
+def load_analyzer(path: str, options: dict[str, Any] | None = None) -> Analyzer:
+    """Build an analyzer from a dotted path `package.module:ClassName`."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"analyzer path {path!r} must look like 'package.module:ClassName'")
+    cls = getattr(importlib.import_module(module_name), attr)
+    analyzer = cls(**(options or {}))
+    if not isinstance(analyzer, Analyzer):
+        raise TypeError(f"{path} is not an Analyzer")
+    return analyzer

@@ -1,0 +1,220 @@
+"""The append-only, per-tenant hash-chained audit log.
+
+Each event's `body` is canonical JSON (sorted keys, compact, UTF-8) holding every field of the
+event, and `row_hash = sha256(prev_hash + "\\n" + body)`. Appends for one tenant serialise on
+that tenant's row in `audit_heads` (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises
+writers anyway), so the chain has no forks. On PostgreSQL a trigger rejects UPDATE, DELETE and
+TRUNCATE of `audit_events` (see the migration); `verify` finds any edit made around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from moderation.models import audit_events, audit_heads, utcnow
+
+GENESIS = "0" * 64
+ACTIONS = (
+    "received",
+    "rejected",
+    "analyzed",
+    "decided",
+    "routed_to_review",
+    "reviewed",
+    "appealed",
+    "appeal_decided",
+    "dead_lettered",
+    "exported",
+    "bank_changed",
+    "key_created",
+)
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def chain_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+@dataclass
+class Event:
+    action: str
+    actor: str
+    submission_id: str | None = None
+    category: str | None = None
+    automated: bool | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+def append(conn: Connection, tenant_id: str, events: list[Event]) -> list[int]:
+    """Append `events` to the tenant's chain inside the caller's transaction. Returns their seqs.
+
+    Call it last in a transaction: the head row stays locked until commit.
+    """
+    if not events:
+        return []
+    seq, prev = _lock_head(conn, tenant_id)
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for ev in events:
+        if ev.action not in ACTIONS:
+            raise ValueError(f"unknown audit action {ev.action!r}")
+        seq += 1
+        occurred = ev.occurred_at or now
+        body = canonical(
+            {
+                "tenant_id": tenant_id,
+                "seq": seq,
+                "action": ev.action,
+                "actor": ev.actor,
+                "submission_id": ev.submission_id,
+                "category": ev.category,
+                "automated": ev.automated,
+                "occurred_at": occurred.isoformat(),
+                "facts": ev.facts,
+            }
+        )
+        row_hash = chain_hash(prev, body)
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "seq": seq,
+                "occurred_at": occurred,
+                "action": ev.action,
+                "submission_id": ev.submission_id,
+                "category": ev.category,
+                "automated": ev.automated,
+                "actor": ev.actor,
+                "body": body,
+                "prev_hash": prev,
+                "row_hash": row_hash,
+            }
+        )
+        prev = row_hash
+    conn.execute(insert(audit_events), rows)
+    conn.execute(update(audit_heads).where(audit_heads.c.tenant_id == tenant_id).values(seq=seq, last_hash=prev))
+    return [r["seq"] for r in rows]
+
+
+def _lock_head(conn: Connection, tenant_id: str) -> tuple[int, str]:
+    query = select(audit_heads.c.seq, audit_heads.c.last_hash).where(audit_heads.c.tenant_id == tenant_id)
+    row = conn.execute(query.with_for_update()).first()
+    if row is None:
+        ensure_head(conn, tenant_id)
+        row = conn.execute(query.with_for_update()).first()
+        assert row is not None
+    return int(row.seq), str(row.last_hash)
+
+
+def ensure_head(conn: Connection, tenant_id: str) -> None:
+    """Create the tenant's chain head if missing (concurrent callers: one wins, none fails)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(
+            pg_insert(audit_heads)
+            .values(tenant_id=tenant_id, seq=0, last_hash=GENESIS)
+            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        )
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(
+            sqlite_insert(audit_heads)
+            .values(tenant_id=tenant_id, seq=0, last_hash=GENESIS)
+            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        )
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_break: dict[str, Any] | None
+    head: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "first_break": self.first_break, "head": self.head}
+
+
+def event_json(row: Any) -> dict[str, Any]:
+    """An audit row as the API shows it: the hashed body plus its chain links."""
+    return {**json.loads(row.body), "id": row.id, "prev_hash": row.prev_hash, "row_hash": row.row_hash}
+
+
+_COLUMNS = ("tenant_id", "seq", "action", "actor", "submission_id", "category", "automated")
+
+
+def verify(conn: Connection, tenant_id: str, batch: int = 5000) -> VerifyResult:
+    """Walk the tenant's chain from the start and report the first break, if any.
+
+    Checks: seq is contiguous from 1 (a deleted row breaks it), each prev_hash is the previous
+    row_hash, each row_hash recomputes from prev_hash and body, the indexed columns agree with
+    the body, and the head records the last row (a deleted tail breaks it).
+    """
+    expected_seq, prev, checked = 1, GENESIS, 0
+    for row in _walk(conn, tenant_id, batch):
+        reason = _check_row(row, expected_seq, prev)
+        if reason:
+            return VerifyResult(False, checked, {"seq": row.seq, "id": row.id, "reason": reason}, None)
+        checked += 1
+        expected_seq, prev = row.seq + 1, row.row_hash
+    head = conn.execute(select(audit_heads).where(audit_heads.c.tenant_id == tenant_id)).first()
+    head_json = {"seq": int(head.seq), "last_hash": head.last_hash} if head else None
+    last_seq = expected_seq - 1
+    if (head is None and last_seq > 0) or (head is not None and (head.seq != last_seq or head.last_hash != prev)):
+        return VerifyResult(
+            False,
+            checked,
+            {"seq": last_seq + 1, "id": None, "reason": "chain ends before the recorded head (rows removed)"},
+            head_json,
+        )
+    return VerifyResult(True, checked, None, head_json)
+
+
+def _walk(conn: Connection, tenant_id: str, batch: int) -> Iterator[Any]:
+    after = 0
+    while True:
+        rows = conn.execute(
+            select(audit_events)
+            .where(and_(audit_events.c.tenant_id == tenant_id, audit_events.c.seq > after))
+            .order_by(audit_events.c.seq)
+            .limit(batch)
+        ).all()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].seq
+
+
+def _check_row(row: Any, expected_seq: int, prev: str) -> str | None:
+    if row.seq != expected_seq:
+        return f"seq {row.seq} where {expected_seq} was expected (rows removed or inserted)"
+    if row.prev_hash != prev:
+        return "prev_hash does not match the previous row's row_hash"
+    if chain_hash(row.prev_hash, row.body) != row.row_hash:
+        return "row_hash does not match the row's content (row edited)"
+    try:
+        body = json.loads(row.body)
+    except ValueError:
+        return "body is not JSON"
+    for col in _COLUMNS:
+        if body.get(col) != getattr(row, col):
+            return f"column {col} differs from the hashed body (row edited)"
+    return None

@@ -1,0 +1,118 @@
+"""API keys: stored as SHA-256 digests, each bound to one tenant and a set of roles.
+
+A key looks like `mk_<id>_<secret>`; only its digest is stored, so a database leak reveals
+no usable key. Lookups are cached in-process for `key_cache_ttl_s` (a revoked key stops
+working within that time) so that authentication costs no database round trip per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from moderation import audit
+from moderation.errors import ModerationError
+from moderation.models import api_keys, tenants, utcnow
+
+ROLES = ("submitter", "moderator", "auditor", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant_id: str
+    roles: frozenset[str]
+    default_policy: str | None = None
+
+    def require(self, *roles: str) -> None:
+        if not self.roles.intersection(roles):
+            raise ModerationError("FORBIDDEN", f"This endpoint needs one of the roles: {', '.join(roles)}.")
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ensure_tenant(conn: Connection, tenant_id: str, name: str | None = None) -> None:
+    if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant_id)).first() is None:
+        conn.execute(insert(tenants).values(id=tenant_id, name=name or tenant_id, created_at=utcnow()))
+    audit.ensure_head(conn, tenant_id)
+
+
+def create_key(conn: Connection, tenant_id: str, roles: list[str], label: str | None = None) -> str:
+    """Create a key (and the tenant if new). Returns the key itself: it is shown once, never stored."""
+    bad = sorted(set(roles) - set(ROLES))
+    if bad or not roles:
+        raise ValueError(f"roles must be among {', '.join(ROLES)}; got {roles}")
+    ensure_tenant(conn, tenant_id)
+    key_id = secrets.token_hex(6)
+    key = f"mk_{key_id}_{secrets.token_urlsafe(24)}"
+    conn.execute(
+        insert(api_keys).values(
+            id=key_id,
+            tenant_id=tenant_id,
+            key_hash=digest(key),
+            prefix=f"mk_{key_id}",
+            roles=sorted(set(roles)),
+            label=label,
+            created_at=utcnow(),
+        )
+    )
+    audit.append(
+        conn,
+        tenant_id,
+        [audit.Event("key_created", actor="cli", automated=False, facts={"key_id": key_id, "roles": sorted(roles)})],
+    )
+    return key
+
+
+class KeyCache:
+    def __init__(self, engine: Engine, ttl_s: float) -> None:
+        self.engine = engine
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ModerationError("UNAUTHENTICATED", "Send 'Authorization: Bearer <key>'.")
+        key = authorization[7:].strip()
+        h = digest(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(h)
+        if hit is not None and hit[0] > now:
+            principal = hit[1]
+        else:
+            principal = self._load(h)
+            with self._lock:
+                if len(self._entries) > 10_000:
+                    self._entries.clear()
+                self._entries[h] = (now + self.ttl_s, principal)
+        if principal is None:
+            raise ModerationError("UNAUTHENTICATED", "Unknown or revoked API key.")
+        return principal
+
+    def _load(self, key_hash: str) -> Principal | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    api_keys.c.id,
+                    api_keys.c.tenant_id,
+                    api_keys.c.roles,
+                    api_keys.c.revoked_at,
+                    tenants.c.default_policy,
+                )
+                .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+                .where(api_keys.c.key_hash == key_hash)
+            ).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(
+            key_id=row.id, tenant_id=row.tenant_id, roles=frozenset(row.roles), default_policy=row.default_policy
+        )

@@ -1,0 +1,381 @@
+"""The `moderation` command line (typer)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from moderation.settings import Settings
+
+app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+bank_app = typer.Typer(help="Hash banks (minimal; the full bank admin is a later issue).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(bank_app, name="bank")
+err = Console(stderr=True)
+out = Console()
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+ALL_QUEUES = "ingest,ingest.external,analyze.cpu,decide,maintenance"
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (Alembic) up to head."""
+    from moderation.migrate import upgrade
+
+    s = _settings()
+    upgrade(s)
+    err.print(f"[green]migrated[/] {_redact(s.db_url)}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id (created if new)")],
+    role: Annotated[list[str], typer.Option(help="submitter | moderator | auditor | admin (repeatable)")],
+    label: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create an API key; prints only the key (shown once, stored hashed)."""
+    from moderation.auth import create_key
+    from moderation.db import make_engine
+
+    engine = make_engine(_settings())
+    try:
+        with engine.begin() as conn:
+            key = create_key(conn, tenant, role, label)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    print(key)
+
+
+@app.command()
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    log_level: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    uvicorn.run(
+        "moderation.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues")] = ALL_QUEUES,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 2,
+    pool: str = "prefork",
+    name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+    loglevel: str = "info",
+) -> None:
+    """Run a Celery worker on the given queues."""
+    argv = [
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if name:
+        argv += ["-n", name]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+@app.command()
+def beat(loglevel: str = "info") -> None:
+    """Run Celery beat (the reconciler)."""
+    s = _settings()
+    s.var_dir.mkdir(parents=True, exist_ok=True)
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "beat",
+            "--loglevel",
+            loglevel,
+            "-s",
+            str(s.var_dir / "celerybeat-schedule"),
+        ],
+    )
+
+
+@app.command()
+def up(
+    port: int = 8000,
+    flower_port: int = 5555,
+    concurrency: int = 2,
+    host: str = "127.0.0.1",
+) -> None:
+    """Run the whole pipeline on this machine: migrations, API, worker, beat and Flower.
+
+    With no DATABASE_URL / REDIS_URL it runs embedded (SQLite and a filesystem broker under var/).
+    Ctrl-C stops everything.
+    """
+    from moderation.auth import create_key
+    from moderation.db import make_engine
+    from moderation.migrate import upgrade
+
+    s = _settings()
+    s.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(s)
+    key_file = s.var_dir / "admin.key"
+    if s.embedded and key_file.exists():
+        key = key_file.read_text().strip()
+    else:
+        with make_engine(s).begin() as conn:
+            key = create_key(conn, "default", ["admin", "submitter", "moderator", "auditor"], "make up")
+        if s.embedded:
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+    py = sys.executable
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    commands = {
+        "api": [py, "-m", "moderation.cli", "api", "--host", host, "--port", str(port)],
+        "worker": [py, "-m", "moderation.cli", "worker", "-c", str(concurrency), "--loglevel", "warning"],
+        "beat": [py, "-m", "moderation.cli", "beat", "--loglevel", "warning"],
+        "flower": [py, "-m", "celery", "-A", "workers.app", "flower", f"--address={host}", f"--port={flower_port}"],
+    }
+    for name, cmd in commands.items():
+        procs[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
+    mode = "embedded (SQLite + filesystem broker under var/)" if s.embedded else "services"
+    err.print(f"[bold green]moderation is up[/] — {mode}")
+    err.print(f"  API      http://{host}:{port}   (docs: http://{host}:{port}/docs)")
+    err.print(f"  Flower   http://{host}:{flower_port}")
+    err.print(f"  DB       {_redact(s.db_url)}")
+    err.print(f"  admin key (all roles, tenant 'default'):\n    {key}", soft_wrap=True)
+    err.print(
+        f"  try:  curl -H 'Authorization: Bearer {key}' -F file=@image.jpg http://{host}:{port}/v1/submissions",
+        soft_wrap=True,
+    )
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    err.print(f"[red]{name} exited with {p.returncode}; stopping[/]")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()  # the leader shuts its children down (Celery: warm shutdown)
+        deadline = time.monotonic() + 15
+        for p in procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        err.print("stopped")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _client(url: str, key: str | None) -> Any:
+    from moderation.client import Client
+
+    key = key or os.environ.get("MODERATION_API_KEY")
+    key_file = _settings().var_dir / "admin.key"
+    if not key and key_file.exists():
+        key = key_file.read_text().strip()
+    if not key:
+        err.print("[red]no API key: pass --key, set MODERATION_API_KEY, or run `moderation up` first[/]")
+        raise typer.Exit(2)
+    return Client(url, key)
+
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="MODERATION_URL")]
+KeyOpt = Annotated[str | None, typer.Option("--key")]
+
+
+@app.command()
+def submit(
+    files: list[Path],
+    wait: bool = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+    policy: str | None = None,
+    caption: str | None = None,
+) -> None:
+    """Submit images through the API; with --wait, print each decision."""
+    import json
+
+    from moderation.client import ClientError
+
+    client = _client(url, key)
+    failed = 0
+    for f in files:
+        try:
+            sub = client.submit(f, policy=policy, caption=caption)
+            if wait:
+                sub = client.wait(sub["id"])
+            print(json.dumps({"file": str(f), **sub}))
+        except (ClientError, TimeoutError, OSError) as exc:
+            failed += 1
+            print(json.dumps({"file": str(f), "error": str(exc)}))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def scan(
+    directory: Path,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+    concurrency: int = 8,
+    policy: str | None = None,
+    timeout: float = 300.0,
+) -> None:
+    """Push every image under DIRECTORY through the running pipeline and summarise the decisions."""
+    from moderation.client import ClientError
+
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        err.print(f"no images under {directory}")
+        raise typer.Exit(1)
+    client = _client(url, key)
+    outcomes: Counter[str] = Counter()
+    flagged: list[tuple[str, str, str]] = []
+
+    def one(path: Path) -> tuple[Path, str, str]:
+        try:
+            sub = client.wait(client.submit(path, policy=policy)["id"], timeout=timeout)
+        except ClientError as exc:
+            return path, f"rejected:{exc.code}", ""
+        except TimeoutError:
+            return path, "timeout", ""
+        d = sub.get("decision") or {}
+        cats = ", ".join(f"{c}={v:.2f}" for c, v in sorted(d.get("categories", {}).items(), key=lambda kv: -kv[1])[:3])
+        return path, str(d.get("action", sub["status"])), cats
+
+    with Progress(
+        TextColumn("[bold]scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    ) as progress:
+        bar = progress.add_task("scan", total=len(files))
+        with ThreadPoolExecutor(concurrency) as pool:
+            for fut in as_completed([pool.submit(one, f) for f in files]):
+                path, action, cats = fut.result()
+                outcomes[action] += 1
+                if action != "allow":
+                    flagged.append((str(path.relative_to(directory)), action, cats))
+                progress.advance(bar)
+    table = Table(title=f"{len(files)} images")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for action, n in outcomes.most_common():
+        table.add_row(action, str(n))
+    out.print(table)
+    if flagged:
+        detail = Table(title="not allowed")
+        for col in ("file", "outcome", "top scores"):
+            detail.add_column(col)
+        for row in sorted(flagged)[:50]:
+            detail.add_row(*row)
+        out.print(detail)
+
+
+@audit_app.command("verify")
+def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; all by default")] = None) -> None:
+    """Verify the audit hash chain of each tenant; exits 1 on the first break."""
+    from sqlalchemy import select
+
+    from moderation import audit
+    from moderation.db import make_engine
+    from moderation.models import audit_heads
+
+    engine = make_engine(_settings())
+    broken = False
+    with engine.connect() as conn:
+        tenants = [tenant] if tenant else list(conn.execute(select(audit_heads.c.tenant_id)).scalars())
+        for t in tenants:
+            result = audit.verify(conn, t)
+            if result.ok:
+                out.print(f"[green]ok[/]  {t}: {result.checked} events")
+            else:
+                broken = True
+                out.print(f"[red]BROKEN[/] {t}: after {result.checked} good events: {result.first_break}")
+    raise typer.Exit(1 if broken else 0)
+
+
+@bank_app.command("add")
+def bank_add(
+    files: list[Path],
+    tenant: Annotated[str, typer.Option()],
+    bank: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option(help="bad | good")] = "bad",
+    category: Annotated[str | None, typer.Option(help="Policy category a match implies")] = None,
+    label: str | None = None,
+) -> None:
+    """Add images to a tenant's hash bank."""
+    from moderation.banks import add_image
+    from moderation.db import make_engine
+    from moderation.pipeline import Context
+
+    ctx = Context.build(_settings())
+    engine = make_engine(ctx.settings)
+    with engine.begin() as conn:
+        for f in files:
+            entry = add_image(conn, ctx.limits, tenant, bank, kind, f.read_bytes(), category, label or f.name)
+            out.print(f"{f}: entry {entry}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

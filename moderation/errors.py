@@ -1,0 +1,59 @@
+"""The one error type and its catalogue of stable codes.
+
+Every failure a client can see is a `ModerationError`; the API turns it into
+`{"error": {"code": ..., "message": ...}}` in one place. Codes are part of the public
+contract: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> (http status, what it means). README's error table is generated from this.
+CATALOGUE: dict[str, tuple[int, str]] = {
+    "INVALID_REQUEST": (422, "A field is missing or malformed."),
+    "MISSING_FILE": (422, "The multipart field `file` is required."),
+    "EMPTY_FILE": (422, "The uploaded file has no bytes."),
+    "IMAGE_TOO_LARGE": (413, "The upload is over the configured byte limit."),
+    "UNSUPPORTED_MEDIA_TYPE": (415, "Not a JPEG, PNG, GIF, WebP, BMP or TIFF image (checked by decoding)."),
+    "IMAGE_CORRUPT": (422, "The image is truncated or cannot be decoded."),
+    "IMAGE_TOO_MANY_PIXELS": (422, "Width x height is over the configured pixel limit."),
+    "DECOMPRESSION_BOMB": (422, "Decoded size is out of proportion (pixels x frames over the limit)."),
+    "TOO_MANY_FRAMES": (422, "The animation has more frames than allowed."),
+    "UNKNOWN_POLICY": (422, "No policy with that id."),
+    "IDEMPOTENCY_CONFLICT": (409, "The idempotency key or external id was used for a different image."),
+    "UNAUTHENTICATED": (401, "Missing or invalid API key."),
+    "FORBIDDEN": (403, "The API key lacks the role for this endpoint."),
+    "NOT_FOUND": (404, "No such resource for this tenant."),
+    "METHOD_NOT_ALLOWED": (405, "Method not allowed on this path."),
+    "INVALID_MESSAGE": (422, "A queue-side submission message is malformed."),
+    "BLOB_NOT_FOUND": (422, "A queue-side message names a blob that the store does not hold."),
+    "SERVICE_UNAVAILABLE": (503, "The database or broker is unreachable; retry with backoff."),
+    "INTERNAL": (500, "Unexpected server error (a bug: bad input never yields this)."),
+}
+
+
+class ModerationError(Exception):
+    """An error with a stable code, an HTTP status and a human message.
+
+    `final` errors (bad input) are never retried by workers; the rest are transient.
+    """
+
+    def __init__(self, code: str, message: str | None = None, **data: Any) -> None:
+        if code not in CATALOGUE:
+            raise KeyError(f"unknown error code {code!r}")
+        self.code = code
+        self.http_status, default = CATALOGUE[code]
+        self.message = message or default
+        self.data = data
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def final(self) -> bool:
+        return 400 <= self.http_status < 500
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data:
+            body["details"] = self.data
+        return {"error": body}

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the API process (workers are observed through Flower's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SUBMISSIONS = Counter("moderation_submissions_total", "Submissions received by the API", ["outcome", "code"])
+SUBMIT_SECONDS = Histogram(
+    "moderation_submit_seconds",
+    "Time to validate, store and enqueue one upload",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BY_STATUS = Gauge("moderation_submissions_active", "Submissions not yet decided, by status", ["status"])
+OLDEST_ACTIVE = Gauge(
+    "moderation_oldest_active_seconds", "Age of the oldest submission not yet decided (stuck pipeline alarm)"
+)
+OPEN_REVIEW = Gauge("moderation_review_tasks_open", "Open human review tasks")
+DEAD_LETTERS = Gauge("moderation_dead_letters", "Rows in the dead-letter table")

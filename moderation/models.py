@@ -1,0 +1,223 @@
+"""Relational schema: the system of record (SQLAlchemy 2 Core tables).
+
+Works on PostgreSQL (production, tests) and SQLite (embedded default). Postgres-only
+guards (append-only trigger, restricted role) live in the Alembic migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# SQLite only autoincrements INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC; SQLite hands back naive datetimes, which are UTC here."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def timestamp(name: str, **kw: object) -> Column[datetime]:
+    return Column(name, DateTime(timezone=True), **kw)  # type: ignore[arg-type]
+
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("default_policy", String(64), nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("label", String(200), nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("revoked_at", nullable=True),
+)
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), ForeignKey("tenants.id"), nullable=False),
+    Column("external_id", String(256), nullable=True),
+    Column("idempotency_key", String(256), nullable=True),
+    Column("source", String(8), nullable=False, default="http"),
+    Column("sha256", String(64), nullable=False),
+    Column("phash", String(16), nullable=True),
+    Column("pdq", String(64), nullable=True),
+    Column("pdq_quality", Integer, nullable=True),
+    Column("format", String(8), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("frames", Integer, nullable=False, default=1),
+    Column("byte_size", Integer, nullable=False),
+    Column("caption", Text, nullable=True),
+    Column("uploader_id", String(256), nullable=True),
+    Column("callback_url", Text, nullable=True),
+    Column("priority", String(8), nullable=False, default="normal"),
+    Column("policy_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("request_ip", String(64), nullable=True),
+    Column("api_key_id", String(32), nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("updated_at", nullable=False, default=utcnow),
+    timestamp("decided_at", nullable=True),
+    UniqueConstraint("tenant_id", "external_id", name="uq_submissions_tenant_external"),
+    UniqueConstraint("tenant_id", "idempotency_key", name="uq_submissions_tenant_idem"),
+    Index("ix_submissions_status_updated", "status", "updated_at"),
+    Index("ix_submissions_tenant_created", "tenant_id", "created_at"),
+)
+
+findings = Table(
+    "findings",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False, index=True),
+    Column("stage", String(32), nullable=False),
+    Column("analyzer", String(64), nullable=False),
+    Column("analyzer_version", String(64), nullable=False),
+    Column("body", JSON, nullable=False),
+    timestamp("created_at", nullable=False, default=utcnow),
+    UniqueConstraint("submission_id", "stage", "analyzer", name="uq_findings_sub_stage_analyzer"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False),
+    # One automated decision per submission ("automated"); human ones are keyed by their task.
+    Column("dedupe_key", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("categories", JSON, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("policy_id", String(64), nullable=False),
+    Column("policy_version", String(64), nullable=False),
+    Column("automated", Boolean, nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("reviewer_id", String(64), nullable=True),
+    timestamp("decided_at", nullable=False, default=utcnow),
+    UniqueConstraint("submission_id", "dedupe_key", name="uq_decisions_sub_key"),
+)
+
+review_tasks = Table(
+    "review_tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("dedupe_key", String(64), nullable=False),
+    Column("queue", String(32), nullable=False, default="default"),
+    Column("reason", String(64), nullable=False),
+    Column("status", String(16), nullable=False, default="open"),
+    Column("priority", Integer, nullable=False, default=5),
+    Column("claimed_by", String(64), nullable=True),
+    timestamp("lease_until", nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("closed_at", nullable=True),
+    UniqueConstraint("submission_id", "dedupe_key", name="uq_review_tasks_sub_key"),
+    Index("ix_review_tasks_open", "tenant_id", "status", "queue", "created_at"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    timestamp("occurred_at", nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("submission_id", String(32), nullable=True),
+    Column("category", String(32), nullable=True),
+    Column("automated", Boolean, nullable=True),
+    Column("actor", String(128), nullable=False),
+    # Canonical JSON (sorted keys, compact); row_hash = sha256(prev_hash + "\n" + body).
+    Column("body", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    UniqueConstraint("tenant_id", "seq", name="uq_audit_events_tenant_seq"),
+    Index("ix_audit_events_submission", "submission_id"),
+    Index("ix_audit_events_tenant_time", "tenant_id", "occurred_at"),
+)
+
+# The chain head per tenant: the lock that serialises appends and the tail that verify checks
+# (a deleted tail would otherwise leave a valid but shorter chain).
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("submission_id", String(32), nullable=True, index=True),
+    Column("task", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("payload", JSON, nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+)
+
+bank_entries = Table(
+    "bank_entries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("bank", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),  # "bad" | "good"
+    Column("label", String(200), nullable=True),
+    Column("category", String(32), nullable=True),
+    Column("pdq", String(64), nullable=True),
+    Column("phash", String(16), nullable=True),
+    Column("sha256", String(64), nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+    Index("ix_bank_entries_tenant", "tenant_id", "bank"),
+)

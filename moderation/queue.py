@@ -1,0 +1,124 @@
+"""Queue names, task names and the Celery configuration shared by producers and workers.
+
+The API publishes tasks *by name* through `Publisher`, so it never imports worker code.
+Messages carry IDs only, never image bytes (the queue-side `submit` message from a platform
+is the one exception, bounded by the upload size cap).
+
+Queues:
+  ingest            hashes are ready; bank lookup, then route to the cascade (or decide inline)
+  ingest.external   queue-side submissions published by platforms (`moderation.submit`)
+  analyze.cpu       CPU analyzer stages
+  analyze.gpu       GPU analyzer stages (one worker process per GPU)
+  decide            policy evaluation after an analyzer stage, audit, review routing
+  maintenance       beat tasks: the reconciler
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import KombuError
+
+from moderation.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Q_INGEST = "ingest"
+Q_EXTERNAL = "ingest.external"
+Q_CPU = "analyze.cpu"
+Q_GPU = "analyze.gpu"
+Q_DECIDE = "decide"
+Q_MAINT = "maintenance"
+CPU_QUEUES = (Q_INGEST, Q_EXTERNAL, Q_CPU, Q_DECIDE, Q_MAINT)
+
+T_INGEST = "moderation.ingest"
+T_ANALYZE = "moderation.analyze"
+T_DECIDE = "moderation.decide"
+T_SUBMIT = "moderation.submit"
+T_RECONCILE = "moderation.reconcile"
+
+# Redis transport: lower number = served first.
+PRIORITY = {"high": 0, "normal": 3, "low": 6}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.celery_broker_url
+    transport: dict[str, Any] = {}
+    if settings.embedded_broker:
+        folder = settings.broker_dir
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+    elif url.startswith(("redis://", "rediss://")):
+        transport = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": sorted(PRIORITY.values()),
+            "queue_order_strategy": "priority",
+        }
+    return {
+        "broker_url": url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_default_queue": Q_INGEST,
+        "task_routes": {
+            T_INGEST: {"queue": Q_INGEST},
+            T_SUBMIT: {"queue": Q_EXTERNAL},
+            T_DECIDE: {"queue": Q_DECIDE},
+            T_RECONCILE: {"queue": Q_MAINT},
+        },
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        "beat_schedule": {
+            "reconcile": {"task": T_RECONCILE, "schedule": settings.reconcile_interval_s},
+        },
+        "timezone": "UTC",
+    }
+
+
+class Publisher:
+    """Sends pipeline tasks by name. A failed publish is logged, not raised: the row is already
+    committed and the reconciler re-enqueues it, so the client still gets its 202."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = Celery("moderation-producer", set_as_current=False)
+        self.app.conf.update(celery_config(settings))
+
+    def send(self, task: str, args: list[Any], queue: str, priority: str = "normal") -> bool:
+        try:
+            self.app.send_task(task, args=args, queue=queue, priority=PRIORITY.get(priority, 3))
+        except (KombuError, OSError) as exc:
+            log.warning("publish of %s%s to %s failed (reconciler will retry): %s", task, args, queue, exc)
+            return False
+        return True
+
+    def ingest(self, submission_id: str, priority: str = "normal") -> bool:
+        return self.send(T_INGEST, [submission_id], Q_INGEST, priority)
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in `queue` (None when the broker cannot say)."""
+        try:
+            with self.app.connection_for_read() as conn:
+                channel = conn.default_channel
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except Exception as exc:  # broker down, queue not declared yet, transport without counts
+            log.debug("queue depth of %s unknown: %s", queue, exc)
+            return None

@@ -1,0 +1,89 @@
+"""The one settings object: every process builds it once at start-up from the environment.
+
+`DATABASE_URL` and `REDIS_URL` are read without a prefix (the names platforms already use);
+everything else is `MODERATION_*`. Unset URLs select the embedded default: SQLite under
+`var/` and kombu's filesystem transport as the Celery broker.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODERATION_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "MODERATION_DATABASE_URL")
+    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "MODERATION_REDIS_URL"))
+    # A broker other than Redis (e.g. RabbitMQ); defaults to REDIS_URL, then the embedded broker.
+    broker_url: str | None = None
+
+    var_dir: Path = REPO_ROOT / "var"
+    blob_dir: Path | None = None
+    blob_fsync: bool = True
+    policies_dir: Path = REPO_ROOT / "policies"
+    default_policy: str = "default"
+
+    # Input limits (checked before anything is stored or queued).
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_frames: int = 500
+    max_total_pixels: int = 400_000_000  # width * height * frames, the decompression-bomb guard
+    hash_side: int = 256  # images are decoded (JPEG draft) and hashed at about this long side
+    bank_cache_ttl_s: float = 5.0  # new bank entries apply within this time
+
+    # Reliability.
+    max_attempts: int = 5
+    stale_after_s: float = 60.0  # a submission without progress for this long is re-enqueued
+    reconcile_interval_s: float = 15.0
+    visibility_timeout_s: int = 600
+    reconcile_batch: int = 500
+
+    # Auth.
+    key_cache_ttl_s: float = 30.0
+
+    # Tests set this so that an unreachable PostgreSQL/Redis fails the run instead of skipping.
+    require_services: bool = False
+
+    @cached_property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url[len("postgres://") :]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{self.var_dir / 'moderation.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_url:
+            return self.redis_url
+        return "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.celery_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.var_dir / "broker"
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_dir or self.var_dir / "blobs"

@@ -1,0 +1,196 @@
+"""API -> Redis -> real Celery worker -> policy -> audit, on the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from moderation.banks import add_image
+from moderation.models import audit_events, decisions, review_tasks, submissions
+from tests.conftest import Procs, auth, picture, wait_until
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
+    w = ps.worker()
+    yield w
+    ps.stop_all()
+
+
+def submit(client: Any, key: str, data: bytes, **fields: str) -> dict[str, Any]:
+    headers = auth(key)
+    if "idempotency_key" in fields:
+        headers["Idempotency-Key"] = fields.pop("idempotency_key")
+    r = client.post("/v1/submissions", headers=headers, files={"file": ("x.jpg", data)}, data=fields)
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+def wait_final(client: Any, key: str, sid: str, timeout: float = 90) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = client.get(f"/v1/submissions/{sid}", headers=auth(key)).json()
+        return body if body["status"] in ("decided", "in_review") else None
+
+    return dict(wait_until(done, timeout, what=f"{sid} decided"))
+
+
+def test_image_ends_decided_with_decision_and_audit_trail(client, keys, worker, ctx) -> None:
+    body = submit(client, keys["submitter"], picture(101), external_id="post-101", caption="hello")
+    assert body["status"] == "queued" and len(body["id"]) == 32
+    final = wait_final(client, keys["submitter"], body["id"])
+    assert final["status"] == "decided"
+    decision = final["decision"]
+    assert decision["action"] == "allow"
+    assert decision["automated"] is True
+    assert decision["policy"]["id"] == "default"
+    assert decision["policy"]["version"] == ctx.policies["default"].version
+    assert decision["decided_at"].endswith("+00:00")
+
+    events = client.get("/v1/audit/events", params={"submission_id": body["id"]}, headers=auth(keys["auditor"]))
+    assert events.status_code == 200
+    actions = [e["action"] for e in events.json()["events"]]
+    assert actions == ["received", "analyzed", "decided"]
+    received, _, decided = events.json()["events"]
+    assert received["facts"]["request"]["api_key_id"] == keys["submitter"].split("_")[1]
+    assert keys["submitter"] not in str(events.json())  # the key itself is never logged
+    assert received["facts"]["content_hashes"]["sha256"]
+    facts = decided["facts"]
+    assert facts["puid"] == "post-101"
+    assert facts["automated_decision"] == "AUTOMATED_DECISION_FULLY"
+    assert facts["policy"] == decision["policy"]
+    assert all(e["row_hash"] and len(e["prev_hash"]) == 64 for e in events.json()["events"])
+
+    verify = client.get("/v1/audit/verify", headers=auth(keys["auditor"])).json()
+    assert verify["ok"] is True and verify["checked"] >= 3 and verify["first_break"] is None
+
+
+def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys, worker, ctx) -> None:
+    original = picture(202, size=(900, 700))
+    with ctx.engine.begin() as conn:
+        add_image(conn, ctx.limits, "acme", "known-bad", "bad", original, category="violence_gore", label="case 7")
+    im = Image.open(io.BytesIO(original)).resize((600, 467))
+    buf = io.BytesIO()
+    im.save(buf, "WEBP", quality=55)
+    body = submit(client, keys["submitter"], buf.getvalue(), policy="test-cascade", caption="hate=0.0")
+    final = wait_final(client, keys["submitter"], body["id"])
+    assert final["decision"]["action"] == "block"
+    assert final["decision"]["categories"] == {"violence_gore": 1.0}
+    match = final["decision"]["reasons"][0]
+    assert match["code"] == "bank_match" and match["bank"] == "known-bad" and 0 < match["distance"] <= 31
+    with ctx.engine.connect() as conn:
+        stages = conn.execute(
+            select(audit_events.c.body).where(audit_events.c.submission_id == body["id"])
+        ).scalars().all()
+    # The caption analyzer (the model stage) never ran: the bank decided.
+    assert not any('"stage":"caption"' in b for b in stages)
+    decided = [b for b in stages if '"action":"decided"' in b][0]
+    assert '"category":"VIOLENCE"' in decided and '"decision_visibility":"REMOVED"' in decided
+
+
+@pytest.mark.parametrize(
+    ("caption", "status", "action", "reason"),
+    [
+        ("", "decided", "allow", "no_violation"),
+        ("hate=0.95", "decided", "block", "threshold"),
+        ("sexual=0.72", "decided", "restrict", "threshold"),
+        ("harassment=0.6", "in_review", "review", "threshold"),
+        ("child_safety=0.5", "in_review", "escalate", "threshold"),
+        ("fail", "in_review", "review", "analyzer_error"),
+        ("inject", "in_review", "review", "prompt_injection"),
+        ("spam=0.99;conf=0.2", "in_review", "review", "low_confidence"),
+    ],
+)
+def test_cascade_outcomes_fail_closed(client, keys, worker, ctx, caption, status, action, reason) -> None:
+    body = submit(client, keys["submitter"], picture(300 + len(caption)), policy="test-cascade", caption=caption)
+    final = wait_final(client, keys["submitter"], body["id"])
+    assert final["status"] == status
+    assert final["decision"]["action"] == action
+    assert reason in [r["code"] for r in final["decision"]["reasons"]]
+    with ctx.engine.connect() as conn:
+        tasks = conn.execute(select(review_tasks).where(review_tasks.c.submission_id == body["id"])).all()
+    assert len(tasks) == (1 if status == "in_review" else 0)
+    if action == "escalate":
+        assert tasks[0].queue == "restricted"
+
+
+def test_idempotent_resubmission(client, keys, worker, ctx) -> None:
+    data = picture(404)
+    first = submit(client, keys["submitter"], data, external_id="dup-1")
+    again = client.post("/v1/submissions", headers=auth(keys["submitter"]), files={"file": ("a.jpg", data)},
+                        data={"external_id": "dup-1"})
+    assert again.status_code == 202 and again.json()["id"] == first["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    clash = client.post("/v1/submissions", headers=auth(keys["submitter"]), files={"file": ("b.jpg", picture(405))},
+                        data={"external_id": "dup-1"})
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+    k1 = submit(client, keys["submitter"], data, idempotency_key="req-77")
+    k2 = submit(client, keys["submitter"], data, idempotency_key="req-77")
+    assert k1["id"] == k2["id"] and k1["id"] != first["id"]
+    # Another tenant may use the same external id.
+    other = submit(client, keys["other"], data, external_id="dup-1")
+    assert other["id"] != first["id"]
+    with ctx.engine.connect() as conn:
+        n = conn.execute(
+            select(func.count()).where(submissions.c.external_id == "dup-1", submissions.c.tenant_id == "acme")
+        ).scalar()
+    assert n == 1
+    wait_final(client, keys["submitter"], first["id"])
+    with ctx.engine.connect() as conn:
+        assert conn.execute(
+            select(func.count()).where(decisions.c.submission_id == first["id"])
+        ).scalar() == 1
+
+
+def test_auth_roles_and_tenant_isolation(client, keys, worker) -> None:
+    data = picture(505)
+    r = client.post("/v1/submissions", files={"file": ("a.jpg", data)})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+    r = client.post("/v1/submissions", headers=auth("mk_nope_nope"), files={"file": ("a.jpg", data)})
+    assert r.status_code == 401
+    r = client.post("/v1/submissions", headers=auth(keys["auditor"]), files={"file": ("a.jpg", data)})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+    r = client.get("/v1/audit/verify", headers=auth(keys["submitter"]))
+    assert r.status_code == 403
+    mine = submit(client, keys["submitter"], data)
+    r = client.get(f"/v1/submissions/{mine['id']}", headers=auth(keys["other"]))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    theirs = client.get("/v1/audit/events", params={"submission_id": mine["id"]}, headers=auth(keys["other"]))
+    assert theirs.status_code == 200 and theirs.json()["events"] == []
+
+
+def test_health_ready_metrics(client, keys, worker) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["broker"] == "ok"
+    text = client.get("/metrics").text
+    assert "moderation_submissions_total" in text and "moderation_oldest_active_seconds" in text
+    assert 'moderation_submissions_total{code="",outcome="accepted"}' in text
+    assert client.get("/docs").status_code == 200
+    assert "/v1/submissions" in client.get("/openapi.json").json()["paths"]
+
+
+def test_unknown_route_and_method_are_json_errors(client) -> None:
+    r = client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = client.delete("/v1/submissions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_blob_store_is_content_addressed(ctx, client, keys, worker) -> None:
+    import hashlib
+
+    data = picture(606)
+    submit(client, keys["submitter"], data)
+    digest = hashlib.sha256(data).hexdigest()
+    path = ctx.blobs.path(digest)
+    assert path == Path(ctx.settings.blobs) / digest[:2] / digest[2:4] / digest
+    assert path.read_bytes() == data

@@ -1,0 +1,1 @@
+"""Celery wiring for the moderation pipeline. Tasks are thin shims over `moderation`."""

@@ -1,0 +1,58 @@
+"""Celery tasks: each a few lines over one function in `moderation.pipeline`.
+
+Transient faults (database or broker unreachable, a model server down) retry with
+exponential backoff; bad input never raises here (it is decided, fail-closed, in the pipeline).
+Attempts are also counted in the database, which bounds redeliveries that Celery cannot see
+(a worker killed mid-task).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from kombu.exceptions import KombuError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from moderation import pipeline
+from moderation.analyzers.base import TransientAnalyzerError
+from moderation.queue import T_ANALYZE, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
+from workers.app import app, context
+
+log = logging.getLogger("workers.tasks")
+TRANSIENT = (OperationalError, DBAPIError, KombuError, OSError, TransientAnalyzerError)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 8}
+
+
+def _timed(name: str, fn: Any, *args: Any) -> Any:
+    started = time.perf_counter()
+    outcome = fn(*args)
+    log.info("task=%s args=%s outcome=%s ms=%.1f", name, args[1:], outcome, (time.perf_counter() - started) * 1000)
+    return outcome
+
+
+@app.task(name=T_INGEST, bind=True, **RETRY)
+def ingest(self: Task, submission_id: str) -> str:
+    return str(_timed("ingest", pipeline.advance, context(), submission_id))
+
+
+@app.task(name=T_ANALYZE, bind=True, **RETRY)
+def analyze(self: Task, submission_id: str, stage: str) -> str:
+    return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage))
+
+
+@app.task(name=T_DECIDE, bind=True, **RETRY)
+def decide(self: Task, submission_id: str) -> str:
+    return str(_timed("decide", pipeline.advance, context(), submission_id, False))
+
+
+@app.task(name=T_SUBMIT, bind=True, **RETRY)
+def submit(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.submit_message(context(), message)
+
+
+@app.task(name=T_RECONCILE, bind=True, **RETRY)
+def reconcile(self: Task) -> dict[str, int]:
+    return pipeline.reconcile(context())
