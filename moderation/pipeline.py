@@ -404,11 +404,12 @@ def _insert_findings(conn: Connection, submission_id: str, new: list[Finding]) -
 
 
 def _upsert_ignore(conn: Connection, table: Any) -> Any:
+    """An INSERT that supports ON CONFLICT DO NOTHING on both dialects."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 # ---------------------------------------------------------------- decide

@@ -276,12 +276,12 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
     bad = [f.bank_match for f in found if f.bank_match and f.bank_match.get("kind") == "bad"]
     if bad:
         match = min(bad, key=lambda m: int(m.get("distance", 0)))
-        cat = match.get("category")
-        rule = policy.categories.get(cat) if cat else None
-        if cat:
-            scores[cat] = 1.0
+        bank_cat: str | None = match.get("category")
+        rule = policy.categories.get(bank_cat) if bank_cat else None
+        if bank_cat:
+            scores[bank_cat] = 1.0
         reasons.append({"code": "bank_match", **match, "clause": rule.dsa.clause if rule else None})
-        return decide("escalate" if rule and rule.escalate else "block", top=cat if rule else None)
+        return decide("escalate" if rule and rule.escalate else "block", top=bank_cat if rule else None)
 
     # 2. Analyzer failure or unparseable output: fail closed.
     errors = [f for f in found if f.error]

@@ -6,6 +6,7 @@ Service tests skip when PostgreSQL or Redis is unreachable, unless MODERATION_RE
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -78,8 +79,11 @@ def pg_url() -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name}")
         cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
     base = PG_ADMIN.rsplit("/", 1)[0]
     yield f"{base}/{name}"
+    admin = psycopg2.connect(PG_ADMIN, connect_timeout=30)  # a fresh one: a test may restart the server
+    admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         cur.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -197,8 +201,11 @@ class Proc:
         self.handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", *args],
-            cwd=REPO, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-            stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         if ready:
             self.wait_for(ready, 60)
@@ -217,10 +224,8 @@ class Proc:
 
     def kill9(self) -> None:
         """SIGKILL the whole process group (the worker and its pool children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.p.wait(10)
 
     def stop(self) -> None:
@@ -230,10 +235,8 @@ class Proc:
                 self.p.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.p.pid, signal.SIGKILL)  # any orphaned pool children
-        except ProcessLookupError:
-            pass
         self.handle.close()
 
 
@@ -241,11 +244,27 @@ class Procs:
     def __init__(self, env: dict[str, str], tmp: Path) -> None:
         self.env, self.tmp, self.all, self.n = env, tmp, [], 0
 
-    def worker(self, queues: str = "ingest,ingest.external,analyze.cpu,decide,maintenance", concurrency: int = 2,
-               **extra_env: str) -> Proc:
+    def worker(
+        self,
+        queues: str = "ingest,ingest.external,analyze.cpu,decide,maintenance",
+        concurrency: int = 2,
+        **extra_env: str,
+    ) -> Proc:
         self.n += 1
-        args = ["worker", "-Q", queues, "-c", str(concurrency), "-n", f"test{self.n}@%h", "--loglevel", "info",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        args = [
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"test{self.n}@%h",
+            "--loglevel",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         proc = Proc(args, {**self.env, **extra_env}, self.tmp / f"worker{self.n}.log", ready="ready.")
         self.all.append(proc)
         return proc

@@ -258,7 +258,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
 def _refresh_gauges(ctx: Context) -> None:
     active = ("queued", "analyzing", "in_review")
     with ctx.engine.connect() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 select(submissions.c.status, func.count())
                 .where(submissions.c.status.in_(active))

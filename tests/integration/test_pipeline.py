@@ -86,12 +86,12 @@ def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys
     match = final["decision"]["reasons"][0]
     assert match["code"] == "bank_match" and match["bank"] == "known-bad" and 0 < match["distance"] <= 31
     with ctx.engine.connect() as conn:
-        stages = conn.execute(
-            select(audit_events.c.body).where(audit_events.c.submission_id == body["id"])
-        ).scalars().all()
+        stages = (
+            conn.execute(select(audit_events.c.body).where(audit_events.c.submission_id == body["id"])).scalars().all()
+        )
     # The caption analyzer (the model stage) never ran: the bank decided.
     assert not any('"stage":"caption"' in b for b in stages)
-    decided = [b for b in stages if '"action":"decided"' in b][0]
+    decided = next(b for b in stages if '"action":"decided"' in b)
     assert '"category":"VIOLENCE"' in decided and '"decision_visibility":"REMOVED"' in decided
 
 
@@ -124,12 +124,20 @@ def test_cascade_outcomes_fail_closed(client, keys, worker, ctx, caption, status
 def test_idempotent_resubmission(client, keys, worker, ctx) -> None:
     data = picture(404)
     first = submit(client, keys["submitter"], data, external_id="dup-1")
-    again = client.post("/v1/submissions", headers=auth(keys["submitter"]), files={"file": ("a.jpg", data)},
-                        data={"external_id": "dup-1"})
+    again = client.post(
+        "/v1/submissions",
+        headers=auth(keys["submitter"]),
+        files={"file": ("a.jpg", data)},
+        data={"external_id": "dup-1"},
+    )
     assert again.status_code == 202 and again.json()["id"] == first["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
-    clash = client.post("/v1/submissions", headers=auth(keys["submitter"]), files={"file": ("b.jpg", picture(405))},
-                        data={"external_id": "dup-1"})
+    clash = client.post(
+        "/v1/submissions",
+        headers=auth(keys["submitter"]),
+        files={"file": ("b.jpg", picture(405))},
+        data={"external_id": "dup-1"},
+    )
     assert clash.status_code == 409 and clash.json()["error"]["code"] == "IDEMPOTENCY_CONFLICT"
     k1 = submit(client, keys["submitter"], data, idempotency_key="req-77")
     k2 = submit(client, keys["submitter"], data, idempotency_key="req-77")
@@ -144,9 +152,7 @@ def test_idempotent_resubmission(client, keys, worker, ctx) -> None:
     assert n == 1
     wait_final(client, keys["submitter"], first["id"])
     with ctx.engine.connect() as conn:
-        assert conn.execute(
-            select(func.count()).where(decisions.c.submission_id == first["id"])
-        ).scalar() == 1
+        assert conn.execute(select(func.count()).where(decisions.c.submission_id == first["id"])).scalar() == 1
 
 
 def test_auth_roles_and_tenant_isolation(client, keys, worker) -> None:

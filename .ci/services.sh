@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Start the local PostgreSQL and Redis if they are not answering (commands from DESIGN.md).
+# Exits non-zero if either is still unreachable afterwards.
+set -u
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || python3 - <<'PY' 2>/dev/null
+import socket; socket.create_connection(("127.0.0.1", 5432), 2)
+PY
+}
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+if ! pg_up; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort | tail -n 1)" main start || true
+fi
+if ! redis_up; then
+  echo "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+for _ in $(seq 1 30); do
+  if pg_up && redis_up; then exit 0; fi
+  sleep 1
+done
+pg_up || echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2
+redis_up || echo "Redis is not reachable on 127.0.0.1:6379" >&2
+exit 1

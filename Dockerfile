@@ -1,0 +1,36 @@
+# One image for every app process (api, workers, beat, flower, migrate); docker-compose.yml picks the command.
+#
+#   docker build -t moderation .                          # core only (hash banks, policy engine, audit)
+#   docker build --build-arg EXTRAS="[lite]" -t moderation .   # with optional extras from pyproject.toml
+#
+# The package is installed in editable mode from /app on purpose: moderation/settings.py takes REPO_ROOT
+# as the parent of the package directory and finds policies/ and migrations/ there, so the code must be
+# imported from /app/moderation (a plain `pip install .` would import it from site-packages, where
+# REPO_ROOT/policies and REPO_ROOT/migrations do not exist).
+FROM python:3.11-slim
+
+ARG EXTRAS=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODERATION_VAR_DIR=/data
+
+RUN groupadd --system --gid 10001 moderation \
+    && useradd --system --uid 10001 --gid moderation --create-home --home-dir /home/moderation moderation \
+    && mkdir -p /data \
+    && chown moderation:moderation /data
+
+WORKDIR /app
+COPY . /app
+
+# EXTRAS is empty or a bracketed list such as "[lite]" or "[lite,vlm]".
+RUN pip install --no-cache-dir -e "/app${EXTRAS}"
+
+USER moderation
+
+# Blobs, the beat schedule and other state go under MODERATION_VAR_DIR (/data); compose mounts the named
+# volume `blobs` there, and a fresh named volume takes this directory's owner, so the non-root user can write.
+EXPOSE 8000
+
+CMD ["moderation", "api", "--host", "0.0.0.0", "--port", "8000"]

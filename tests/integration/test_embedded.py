@@ -1,0 +1,87 @@
+"""`moderation up` on the embedded default: SQLite + filesystem broker, real worker, beat and Flower."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO, picture, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MODERATION_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update({"MODERATION_VAR_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
+    api_port, flower_port = free_port(), free_port()
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moderation.cli", "up", "--port", str(api_port), "--flower-port", str(flower_port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 90, what="API ready")
+        text = (tmp_path / "up.log").read_text()
+        key = re.search(r"(mk_[0-9a-f]{12}_\S+)", text)
+        assert key, text
+        assert "embedded" in text and f"http://127.0.0.1:{flower_port}" in text
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        r = httpx.post(f"{base}/v1/submissions", headers=headers, files={"file": ("a.png", picture(5, fmt="PNG"))})
+        assert r.status_code == 202, r.text
+        sid = r.json()["id"]
+
+        def decided() -> dict | None:
+            body = httpx.get(f"{base}/v1/submissions/{sid}", headers=headers, timeout=5).json()
+            return body if body["status"] in ("decided", "in_review") else None
+
+        final = wait_until(decided, 90, what="decided on the embedded broker")
+        assert final["decision"]["action"] == "allow" and final["decision"]["policy"]["id"] == "default"
+        verify = httpx.get(f"{base}/v1/audit/verify", headers=headers).json()
+        assert verify["ok"] is True and verify["checked"] >= 4  # key_created, received, analyzed, decided
+        assert (tmp_path / "var" / "moderation.db").exists()
+        assert any((tmp_path / "var" / "blobs").rglob("*"))
+
+        def flower_up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(flower_up, 60, what="Flower up")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        log.close()
+    assert rc == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert "stopped" in (tmp_path / "up.log").read_text()

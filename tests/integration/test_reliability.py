@@ -1,0 +1,155 @@
+"""Nothing accepted is lost: worker killed with -9, broker queue lost, poison inputs, Postgres restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from moderation.models import audit_events, dead_letters, decisions, submissions
+from tests.conftest import auth, picture, wait_until
+
+pytestmark = pytest.mark.services
+
+
+def post(client: Any, key: str, seed: int, **fields: str) -> str:
+    r = client.post("/v1/submissions", headers=auth(key), files={"file": ("x.jpg", picture(seed))}, data=fields)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def statuses(ctx: Any, ids: list[str]) -> dict[str, str]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(submissions.c.id, submissions.c.status).where(submissions.c.id.in_(ids))).all()
+    return {r.id: r.status for r in rows}
+
+
+def all_final(ctx: Any, ids: list[str]) -> bool:
+    return all(s in ("decided", "in_review") for s in statuses(ctx, ids).values())
+
+
+def assert_exactly_one_automated_decision(ctx: Any, ids: list[str]) -> None:
+    with ctx.engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                select(decisions.c.submission_id, func.count())
+                .where(decisions.c.submission_id.in_(ids), decisions.c.automated.is_(True))
+                .group_by(decisions.c.submission_id)
+            ).all()
+        )
+        decided_events = dict(
+            conn.execute(
+                select(audit_events.c.submission_id, func.count())
+                .where(audit_events.c.submission_id.in_(ids), audit_events.c.action == "decided")
+                .group_by(audit_events.c.submission_id)
+            ).all()
+        )
+    assert set(counts) == set(ids), f"{len(set(ids) - set(counts))} submissions have no decision"
+    assert set(counts.values()) == {1}
+    assert decided_events == dict.fromkeys(ids, 1)
+
+
+def chain_ok(client: Any, keys: dict[str, str]) -> None:
+    verify = client.get("/v1/audit/verify", headers=auth(keys["auditor"])).json()
+    assert verify["ok"], verify
+
+
+def test_worker_killed_with_sigkill_mid_run_loses_nothing(client, keys, ctx, procs) -> None:
+    worker = procs.worker(concurrency=2)
+    # A slow model stage keeps items in flight when the worker dies.
+    ids = [post(client, keys["submitter"], 1000 + i, policy="test-cascade", caption="sleep=0.15") for i in range(40)]
+    wait_until(lambda: sum(s == "decided" for s in statuses(ctx, ids).values()) >= 5, 120, what="some decided")
+    assert not all_final(ctx, ids), "the run ended before the kill: nothing was in flight"
+    worker.kill9()
+    in_flight = [i for i, s in statuses(ctx, ids).items() if s in ("queued", "analyzing")]
+    assert in_flight
+    procs.worker(concurrency=2)
+    procs.beat()
+    wait_until(lambda: all_final(ctx, ids), 180, what="all decided after the kill")
+    assert_exactly_one_automated_decision(ctx, ids)
+    chain_ok(client, keys)
+
+
+def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_client) -> None:
+    ids = [post(client, keys["submitter"], 2000 + i, policy="hash-only") for i in range(30)]
+    queued = sum(redis_client.llen(k) for k in redis_client.keys("ingest*") if redis_client.type(k) == b"list")
+    assert queued >= 30
+    redis_client.flushdb()  # what a Redis restart without persistence does to our queues
+    assert not redis_client.keys("ingest*")
+    assert set(statuses(ctx, ids).values()) == {"queued"}
+    procs.worker()
+    procs.beat()
+    wait_until(lambda: all_final(ctx, ids), 120, what="all decided after the queue was lost")
+    assert_exactly_one_automated_decision(ctx, ids)
+    assert set(statuses(ctx, ids).values()) == {"decided"}
+    chain_ok(client, keys)
+
+
+def test_poison_input_is_dead_lettered_and_fails_closed(client, keys, ctx, procs) -> None:
+    worker = procs.worker(concurrency=1)
+    poison = post(client, keys["submitter"], 3000, policy="test-cascade", caption="crash")
+    wait_until(lambda: all_final(ctx, [poison]), 120, what="poison item given up")
+    with ctx.engine.connect() as conn:
+        d = conn.execute(select(decisions).where(decisions.c.submission_id == poison)).one()
+        letters = conn.execute(select(dead_letters).where(dead_letters.c.submission_id == poison)).all()
+    assert d.action == "review"  # fail closed, never allow
+    assert "exhausted_retries" in [r["code"] for r in d.reasons]
+    assert len(letters) == 1 and letters[0].attempts == ctx.settings.max_attempts + 3
+    assert statuses(ctx, [poison])[poison] == "in_review"
+    # The worker survived its children being killed and still works.
+    assert worker.p.poll() is None
+    good = post(client, keys["submitter"], 3001, policy="test-cascade", caption="")
+    wait_until(lambda: all_final(ctx, [good]), 60, what="next item decided")
+    assert statuses(ctx, [good])[good] == "decided"
+
+
+def _pg_cluster() -> tuple[str, str] | None:
+    if not shutil.which("pg_ctlcluster") or not os.path.isdir("/etc/postgresql"):
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return (versions[-1], "main") if versions else None
+
+
+def test_postgres_restart_loses_nothing(client, keys, ctx, procs) -> None:
+    cluster = _pg_cluster()
+    if cluster is None:
+        pytest.skip("pg_ctlcluster is not available: cannot restart PostgreSQL here")
+    procs.worker(concurrency=2)
+    procs.beat()
+    ids = [post(client, keys["submitter"], 4000 + i, policy="test-cascade", caption="sleep=0.1") for i in range(20)]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    # While it restarts, the API answers 503 or 202, never 500.
+    for i in range(5):
+        r = client.post(
+            "/v1/submissions",
+            headers=auth(keys["submitter"]),
+            files={"file": ("x.jpg", picture(4100 + i))},
+            data={"policy": "hash-only"},
+        )
+        assert r.status_code in (202, 503), r.text
+        if r.status_code == 202:
+            ids.append(r.json()["id"])
+        time.sleep(0.2)
+    wait_until(lambda: _db_up(ctx), 60, what="PostgreSQL back")
+    wait_until(lambda: all_final(ctx, ids), 180, what="all decided after the restart")
+    assert_exactly_one_automated_decision(ctx, ids)
+    chain_ok(client, keys)
+
+
+def _db_up(ctx: Any) -> bool:
+    try:
+        with ctx.engine.connect() as conn:
+            conn.execute(select(1))
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,264 @@
+"""docker-compose.yml, Dockerfile and .dockerignore: the structure that matters, checked without Docker.
+
+Every `moderation ...` command the compose file runs must be a real subcommand that accepts the options
+given, and every queue a worker consumes must be one the app publishes to.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+import yaml
+
+from moderation import queue
+from moderation.cli import app as cli_app
+from moderation.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+REQUIRED = ("postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu-0", "vllm", "beat", "flower")
+APP_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu-0", "beat", "flower")
+WORKERS = ("worker-cpu", "worker-gpu-0")
+QUEUE_NAMES = {value for name, value in vars(queue).items() if name.startswith("Q_")}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def moderation_commands(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Service name -> the arguments after `moderation`, for every service that runs the CLI."""
+    return {name: argv(svc)[1:] for name, svc in services.items() if argv(svc)[:1] == ["moderation"]}
+
+
+def option(args: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            return args[i + 1]
+        for name in names:
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def depends(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {dep: "service_started" for dep in deps}
+    return {dep: (spec or {}).get("condition", "service_started") for dep, spec in deps.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume (long and short syntax)."""
+    out: dict[str, str] = {}
+    for vol in service.get("volumes", []):
+        if isinstance(vol, dict):
+            out[vol["target"]] = vol.get("source", "")
+        else:
+            source, target = vol.split(":")[:2]
+            out[target] = source
+    return out
+
+
+def test_required_services(services):
+    missing = [name for name in REQUIRED if name not in services]
+    assert not missing, f"docker-compose.yml lacks services {missing}"
+
+
+def test_app_services_share_the_anchor(services):
+    for name in APP_SERVICES:
+        svc = services[name]
+        assert svc.get("build", {}).get("context") == ".", name
+        assert svc.get("image") == services["api"]["image"], name
+        env = svc["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql://moderation:"), name
+        assert env["DATABASE_URL"].endswith("@postgres:5432/moderation"), name
+        assert env["REDIS_URL"] == "redis://redis:6379/0", name
+        assert env["MODERATION_VAR_DIR"] == "/data", name
+        if name != "migrate":
+            assert svc["restart"] == "unless-stopped", name
+
+
+def test_env_names_are_the_ones_settings_reads(services):
+    fields = Settings.model_fields
+    aliases = {"DATABASE_URL", "REDIS_URL"}
+    for name in APP_SERVICES:
+        for var in services[name]["environment"]:
+            if var in aliases:
+                continue
+            if var.startswith("MODERATION_"):
+                assert var[len("MODERATION_") :].lower() in fields, f"{name}: Settings has no field for {var}"
+            else:
+                assert var in {"PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES"}, f"{name}: unexpected variable {var}"
+
+
+def test_postgres(services):
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:16")
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert "${POSTGRES_PASSWORD:-" in pg["environment"]["POSTGRES_PASSWORD"]
+    assert any(src and not src.startswith((".", "/")) for src in mounts(pg).values()), "postgres needs a named volume"
+
+
+def test_redis_keeps_the_queue(services):
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    cmd = argv(redis)
+    assert cmd[0] == "redis-server"
+    assert option(cmd, "--appendonly") == "yes"
+    assert option(cmd, "--appendfsync") == "everysec"
+    assert option(cmd, "--maxmemory-policy") == "noeviction"
+    assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
+    assert mounts(redis).get("/data") == "redis-data", "redis needs a named volume at /data for the AOF"
+
+
+def test_migrate_is_one_shot_and_gates_the_app(services):
+    migrate = services["migrate"]
+    assert argv(migrate) == ["moderation", "migrate"]
+    assert migrate["restart"] == "no"
+    assert depends(migrate).get("postgres") == "service_healthy"
+    for name in ("api", "beat", *WORKERS):
+        deps = depends(services[name])
+        assert deps.get("migrate") == "service_completed_successfully", name
+        assert deps.get("redis") == "service_healthy", name
+
+
+def test_api(services):
+    api = services["api"]
+    assert argv(api) == ["moderation", "api", "--host", "0.0.0.0", "--port", "8000"]
+    assert any(str(p).split(":")[-1] == "8000" for p in api["ports"])
+    check = " ".join(api["healthcheck"]["test"])
+    assert "/healthz" in check
+    assert "python" in check and "curl" not in check, "the image has no curl"
+
+
+def test_workers_and_queues(services):
+    cpu = argv(services["worker-cpu"])
+    gpu = argv(services["worker-gpu-0"])
+    assert cpu[:2] == ["moderation", "worker"] and option(cpu, "-c", "--concurrency") == "2"
+    assert gpu[:2] == ["moderation", "worker"] and option(gpu, "-c", "--concurrency") == "1"
+    assert option(gpu, "-n", "--name") == "gpu0@%h"
+    cpu_queues = option(cpu, "-Q", "--queues")
+    gpu_queues = option(gpu, "-Q", "--queues")
+    assert cpu_queues and gpu_queues
+    assert set(cpu_queues.split(",")) == set(queue.CPU_QUEUES)
+    assert gpu_queues.split(",") == [queue.Q_GPU]
+    for name, args in moderation_commands(services).items():
+        queues = option(args, "-Q", "--queues")
+        for q in (queues or "").split(","):
+            assert not q or q in QUEUE_NAMES, f"{name} consumes {q!r}, not a queue in moderation/queue.py"
+
+
+def test_gpu_worker_is_pinned(services):
+    gpu = services["worker-gpu-0"]
+    assert "gpu" in gpu["profiles"]
+    assert gpu["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and d["device_ids"] == ["0"] for d in devices)
+    assert "gpu" not in services["worker-cpu"].get("profiles", [])
+
+
+def test_vllm_is_optional(services):
+    vllm = services["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai")
+    assert "gpu" in vllm["profiles"]
+    cmd = argv(vllm)
+    assert option(cmd, "--model") == "zai-org/GLM-4.6V-Flash"
+    assert option(cmd, "--port") == "8001"
+    assert vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert "/root/.cache/huggingface" in mounts(vllm)
+
+
+def test_beat(services):
+    assert argv(services["beat"]) == ["moderation", "beat"]
+
+
+def test_flower_has_basic_auth(services):
+    flower = argv(services["flower"])
+    assert flower[:4] == ["celery", "-A", "workers.app", "flower"]
+    assert option(flower, "--port") == "5555"
+    auth = option(flower, "--basic-auth")
+    assert auth and re.fullmatch(r"\$\{FLOWER_USER:-\w+\}:\$\{FLOWER_PASSWORD:\?[^}]*\}", auth), auth
+    assert any(str(p).split(":")[-1] == "5555" for p in services["flower"]["ports"])
+
+
+def test_api_and_workers_share_the_blob_volume(compose, services):
+    var_dir = services["api"]["environment"]["MODERATION_VAR_DIR"]
+    volume = mounts(services["api"]).get(var_dir)
+    assert volume and volume in compose["volumes"], "api needs a named volume at MODERATION_VAR_DIR"
+    for name in ("beat", *WORKERS):
+        assert services[name]["environment"]["MODERATION_VAR_DIR"] == var_dir, name
+        assert mounts(services[name]).get(var_dir) == volume, f"{name} must mount the same blob volume as api"
+
+
+def test_moderation_commands_exist(services):
+    """Each subcommand's --help runs in a fresh interpreter (what the container's `moderation X` does)."""
+    subcommands = {args[0] for args in moderation_commands(services).values()}
+    assert {"migrate", "api", "worker", "beat"} <= subcommands
+    for sub in sorted(subcommands):
+        proc = subprocess.run(
+            [sys.executable, "-m", "moderation.cli", sub, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, f"`moderation {sub} --help` failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_moderation_commands_parse(services):
+    """The full argument list of each command parses (unknown options and bad values fail), without running."""
+    group = typer.main.get_command(cli_app)
+    for name, args in moderation_commands(services).items():
+        root = group.make_context("moderation", list(args))
+        command = group.get_command(root, args[0])  # type: ignore[attr-defined]
+        assert command is not None, f"{name}: no subcommand {args[0]!r}"
+        try:
+            command.make_context(args[0], list(args[1:]), parent=root)
+        except Exception as exc:  # typer >= 0.2x vendors click, so its exception classes vary by version
+            message = getattr(exc, "format_message", lambda: str(exc))()
+            pytest.fail(f"{name}: `moderation {shlex.join(args)}` does not parse: {message}")
+
+
+def test_dockerfile():
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines() if not line.strip().startswith("#")]
+    assert [line for line in lines if line.startswith("FROM ")] == ["FROM python:3.11-slim"]
+    assert any(re.fullmatch(r'ARG EXTRAS(="?"?)?', line) for line in lines), "build ARG EXTRAS (default empty)"
+    assert "WORKDIR /app" in lines
+    pip = [line for line in lines if "pip install" in line]
+    assert len(pip) == 1, pip
+    words = shlex.split(pip[0].split("pip install", 1)[1])
+    assert "--no-cache-dir" in words
+    # The project itself, editable from /app, so REPO_ROOT (parent of the package) holds policies/ and migrations/.
+    assert "-e" in words or "--editable" in words
+    assert any(re.fullmatch(r"(\.|/app)\$\{?EXTRAS\}?", w) for w in words), words
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+
+
+def test_dockerignore_keeps_what_the_image_needs():
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and line[0] != "#"}
+    assert {".venv", "var", ".git"} <= patterns
+    for needed in ("moderation", "workers", "policies", "migrations", "pyproject.toml"):
+        assert needed not in patterns, f".dockerignore must not exclude {needed}"
+        assert (REPO / needed).exists()
