@@ -41,7 +41,8 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
 
 
 def argv(service: dict[str, Any]) -> list[str]:
@@ -235,7 +236,7 @@ def test_moderation_commands_parse(services):
         try:
             command.make_context(args[0], list(args[1:]), parent=root)
         except Exception as exc:  # typer >= 0.2x vendors click, so its exception classes vary by version
-            message = getattr(exc, "format_message", lambda: str(exc))()
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             pytest.fail(f"{name}: `moderation {shlex.join(args)}` does not parse: {message}")
 
 
