@@ -18,7 +18,10 @@ def make_engine(settings: Settings, **kw: Any) -> Engine:
         return engine
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
-    kw.setdefault("pool_pre_ping", True)
+    # No pre-ping (a round trip per checkout): a connection broken by a database restart raises
+    # a disconnect error, SQLAlchemy then invalidates the pool, and the caller retries (API: 503,
+    # worker: task retry with backoff).
+    kw.setdefault("pool_recycle", 1800)
     return create_engine(url, **kw)
 
 

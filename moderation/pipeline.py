@@ -12,6 +12,7 @@ shims that call them. Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -169,17 +170,9 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     Raises ModerationError (4xx) for bad input: nothing is stored or queued for it. The same
     (tenant, external_id) or Idempotency-Key returns the first submission (409 if the image differs).
     """
-    import hashlib
-
     policy_id = _check_fields(ctx, req)
-    sha256 = hashlib.sha256(data).hexdigest()
-    if req.external_id or req.idempotency_key:
-        with ctx.engine.connect() as conn:
-            row = _existing(conn, req)
-        if row is not None:
-            return _same_or_conflict(row, sha256), False
-
     info, _thumb = inspect_image(data, ctx.limits)
+    sha256 = info.sha256
     ctx.blobs.put(data, info.sha256)
     sid = secrets.token_hex(16)
     now = utcnow()
@@ -210,31 +203,9 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
         "created_at": now,
         "updated_at": now,
     }
-    received = audit.Event(
-        "received",
-        actor=req.actor,
-        submission_id=sid,
-        automated=None,
-        occurred_at=now,
-        facts={
-            "puid": req.external_id,
-            "source": req.source,
-            "content_type": f"image/{info.format.lower()}",
-            "content_hashes": {"sha256": info.sha256, "pdq": info.pdq, "phash": info.phash},
-            "byte_size": info.byte_size,
-            "width": info.width,
-            "height": info.height,
-            "frames": info.frames,
-            "uploader_id": req.uploader_id,
-            "policy": policy_id,
-            "priority": req.priority,
-            "request": {"time": now.isoformat(), "client_ip": req.request_ip, "api_key_id": req.actor},
-        },
-    )
     try:
         with ctx.engine.begin() as conn:
             conn.execute(insert(submissions).values(**values))
-            audit.append(conn, req.tenant_id, [received])
     except IntegrityError:
         # Lost a race with the same external_id / idempotency key.
         with ctx.engine.connect() as conn:
@@ -246,33 +217,64 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     return {"id": sid, "status": "queued"}, True
 
 
+def received_event(sub: Any) -> audit.Event:
+    """The `received` audit event, built from the durable submission row.
+
+    It is appended by the first worker delivery, in the same transaction as its other events,
+    rather than by the API: the API then never waits on the tenant's chain lock, and the
+    row committed before the 202 already holds every request fact. `occurred_at` is the
+    acceptance time; the chain position records when it was appended.
+    """
+    return audit.Event(
+        "received",
+        actor=sub.api_key_id or "system",
+        submission_id=sub.id,
+        automated=None,
+        occurred_at=sub.created_at,
+        facts={
+            "puid": sub.external_id,
+            "source": sub.source,
+            "content_type": f"image/{str(sub.format).lower()}",
+            "content_hashes": {"sha256": sub.sha256, "pdq": sub.pdq, "phash": sub.phash},
+            "byte_size": sub.byte_size,
+            "width": sub.width,
+            "height": sub.height,
+            "frames": sub.frames,
+            "uploader_id": sub.uploader_id,
+            "policy": sub.policy_id,
+            "priority": sub.priority,
+            "request": {"time": iso(sub.created_at), "client_ip": sub.request_ip, "api_key_id": sub.api_key_id},
+        },
+    )
+
+
 # ---------------------------------------------------------------- advance
 
 
+def _count_attempt(conn: Connection, submission_id: str) -> Any | None:
+    """Count this delivery (status -> analyzing) and return the row, or None if not active."""
+    return conn.execute(
+        update(submissions)
+        .where(and_(submissions.c.id == submission_id, submissions.c.status.in_(ACTIVE)))
+        .values(attempts=submissions.c.attempts + 1, status="analyzing", updated_at=utcnow())
+        .returning(*submissions.c)
+    ).first()
+
+
 def _start_attempt(ctx: Context, submission_id: str) -> Any | None:
-    """Count this delivery before doing any work (so a worker killed mid-task still counts)."""
+    """Count this delivery in its own commit, before any work that parses the image, so a
+    worker killed by a poison input still leaves the count behind."""
     with ctx.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Losing this increment in a crash only loses one count: no need to wait for fsync.
             conn.execute(text("SET LOCAL synchronous_commit = off"))
-        return conn.execute(
-            update(submissions)
-            .where(and_(submissions.c.id == submission_id, submissions.c.status.in_(ACTIVE)))
-            .values(attempts=submissions.c.attempts + 1, status="analyzing", updated_at=utcnow())
-            .returning(*submissions.c)
-        ).first()
+        return _count_attempt(conn, submission_id)
 
 
-def _load(ctx: Context, submission_id: str) -> Any | None:
-    with ctx.engine.connect() as conn:
-        return conn.execute(select(submissions).where(submissions.c.id == submission_id)).first()
-
-
-def _stored_findings(ctx: Context, submission_id: str) -> list[Finding]:
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            select(findings.c.body).where(findings.c.submission_id == submission_id).order_by(findings.c.id)
-        ).all()
+def _stored_findings(conn: Connection, submission_id: str) -> list[Finding]:
+    rows = conn.execute(
+        select(findings.c.body).where(findings.c.submission_id == submission_id).order_by(findings.c.id)
+    ).all()
     return [Finding.from_json(r.body) for r in rows]
 
 
@@ -281,35 +283,41 @@ def advance(ctx: Context, submission_id: str, count_attempt: bool = True) -> str
 
     Used by the `ingest` task (first delivery, or re-enqueued by the reconciler) and the
     `decide` task (after an analyzer stage). Safe to call any number of times.
+
+    The step is one transaction: the attempt count, the bank lookup and, when no analyzer stage
+    is due, the decision. Nothing here parses the image (its hashes were computed at intake), so
+    no input can crash the worker between counting and deciding; analyzer stages, which do
+    parse it, commit their attempt count first (`analyze`).
     """
-    sub = _start_attempt(ctx, submission_id) if count_attempt else _load(ctx, submission_id)
-    if sub is None or sub.status not in ACTIVE:
-        return "noop"
-    policy = ctx.policies.get(sub.policy_id)
-    if sub.attempts > attempt_budget(ctx, policy):
-        dead_letter(ctx, sub, "ingest", f"gave up after {sub.attempts - 1} attempts")
-        return "dead_lettered"
-    if policy is None:
-        missing = Finding("policy", "0", "policy", error=f"policy {sub.policy_id!r} is no longer loaded")
-        finalize(ctx, sub, None, [missing])
-        return "decided"
-
-    done = _stored_findings(ctx, submission_id)
-    new: list[Finding] = []
-    if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
-        new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq))
-    current = done + new
-    if any(f.bank_match for f in current):
-        finalize(ctx, sub, policy, current, new)
-        return "decided"
-
-    nxt = next_stage(policy, current, sub.id)
-    if nxt is None:
-        finalize(ctx, sub, policy, current, new)
-        return "decided"
-    if new:
-        with ctx.engine.begin() as conn:
-            _insert_findings(conn, sub.id, new)
+    with ctx.engine.begin() as conn:
+        if count_attempt:
+            sub = _count_attempt(conn, submission_id)
+        else:
+            sub = conn.execute(select(submissions).where(submissions.c.id == submission_id)).first()
+        if sub is None or sub.status not in ACTIVE:
+            return "noop"
+        first = count_attempt and sub.attempts == 1
+        events = [received_event(sub)] if first else []
+        policy = ctx.policies.get(sub.policy_id)
+        if sub.attempts > attempt_budget(ctx, policy):
+            dead_letter(ctx, sub, "ingest", f"gave up after {sub.attempts - 1} attempts", conn)
+            return "dead_lettered"
+        if policy is None:
+            missing = Finding("policy", "0", "policy", error=f"policy {sub.policy_id!r} is no longer loaded")
+            finalize(ctx, sub, None, [missing], [missing], conn=conn, events=events)
+            return "decided"
+        # A first delivery has no stored findings: skip the round trip.
+        done = [] if first else _stored_findings(conn, submission_id)
+        new: list[Finding] = []
+        if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
+            new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq))
+        current = done + new
+        nxt = None if any(f.bank_match for f in current) else next_stage(policy, current, sub.id)
+        if nxt is None:
+            finalize(ctx, sub, policy, current, new, conn=conn, events=events)
+            return "decided"
+        events += _insert_findings(conn, sub.id, new)
+        audit.append(conn, sub.tenant_id, events)
     ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
     return f"routed:{nxt.stage}"
 
@@ -349,7 +357,7 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
     stage = policy.stage(stage_name)
     finding = run_stage(ctx, sub, policy, stage)
     with ctx.engine.begin() as conn:
-        _insert_findings(conn, sub.id, [finding])
+        audit.append(conn, sub.tenant_id, _insert_findings(conn, sub.id, [finding]))
     ctx.publisher.send(T_DECIDE, [sub.id], Q_DECIDE, sub.priority)
     return "analyzed" if not finding.error else "analyzer_error"
 
@@ -390,17 +398,46 @@ def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage) -> Finding:
     return finding
 
 
-def _insert_findings(conn: Connection, submission_id: str, new: list[Finding]) -> None:
+def _insert_findings(conn: Connection, submission_id: str, new: list[Finding]) -> list[audit.Event]:
+    """Store findings (a redelivered one is ignored); returns the `analyzed` events of those stored."""
+    events = []
     for f in new:
-        stmt = _upsert_ignore(conn, findings).values(
-            submission_id=submission_id,
-            stage=f.stage,
-            analyzer=f.analyzer,
-            analyzer_version=f.version,
-            body=f.to_json(),
-            created_at=utcnow(),
-        )
-        conn.execute(stmt.on_conflict_do_nothing())
+        stored = conn.execute(
+            _upsert_ignore(conn, findings)
+            .values(
+                submission_id=submission_id,
+                stage=f.stage,
+                analyzer=f.analyzer,
+                analyzer_version=f.version,
+                body=f.to_json(),
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        ).rowcount
+        if stored:
+            events.append(analyzed_event(submission_id, f))
+    return events
+
+
+def analyzed_event(submission_id: str, f: Finding) -> audit.Event:
+    return audit.Event(
+        "analyzed",
+        actor="system",
+        submission_id=submission_id,
+        automated=True,
+        facts={
+            "stage": f.stage,
+            "analyzer": f.analyzer,
+            "analyzer_version": f.version,
+            "model": f.model,
+            "scores": f.scores,
+            "confidence": f.confidence,
+            "flags": f.flags,
+            "error": f.error,
+            "bank_match": f.bank_match,
+            "rationale": f.rationale,
+        },
+    )
 
 
 def _upsert_ignore(conn: Connection, table: Any) -> Any:
@@ -422,9 +459,13 @@ def finalize(
     found: list[Finding],
     new: list[Finding] | None = None,
     reason: str | None = None,
+    conn: Connection | None = None,
+    events: list[audit.Event] | None = None,
 ) -> Decision:
-    """Evaluate and record the automated decision, review task and audit events in one transaction.
+    """Evaluate and record the automated decision, review task and audit events in one transaction
+    (the caller's `conn`, or a new one).
 
+    `new` are findings not stored yet; `events` are audit events to append before these.
     Idempotent: if an automated decision exists already, nothing is written.
     """
     if policy is None:
@@ -451,28 +492,7 @@ def finalize(
         )
     now = utcnow()
     status = "in_review" if decision.action in ("review", "escalate") else "decided"
-    events = [
-        audit.Event(
-            "analyzed",
-            actor="system",
-            submission_id=sub.id,
-            automated=True,
-            facts={
-                "stage": f.stage,
-                "analyzer": f.analyzer,
-                "analyzer_version": f.version,
-                "model": f.model,
-                "scores": f.scores,
-                "confidence": f.confidence,
-                "flags": f.flags,
-                "error": f.error,
-                "bank_match": f.bank_match,
-                "rationale": f.rationale,
-            },
-        )
-        for f in (new if new is not None else [])
-    ]
-    events.append(
+    closing = [
         audit.Event(
             "decided",
             actor="system",
@@ -482,10 +502,10 @@ def finalize(
             occurred_at=now,
             facts=statement_of_reasons(sub, policy, decision, found, now),
         )
-    )
+    ]
     task_id = secrets.token_hex(16)
     if decision.review_queue:
-        events.append(
+        closing.append(
             audit.Event(
                 "routed_to_review",
                 actor="system",
@@ -495,7 +515,7 @@ def finalize(
                 facts={"queue": decision.review_queue, "reason": decision.review_reason, "review_task_id": task_id},
             )
         )
-    with ctx.engine.begin() as conn:
+    with contextlib.nullcontext(conn) if conn is not None else ctx.engine.begin() as conn:
         inserted = conn.execute(
             _upsert_ignore(conn, decisions)
             .values(
@@ -514,8 +534,7 @@ def finalize(
         ).rowcount
         if not inserted:
             return decision
-        if new:
-            _insert_findings(conn, sub.id, new)
+        analyzed = _insert_findings(conn, sub.id, new or [])
         if decision.review_queue:
             conn.execute(
                 _upsert_ignore(conn, review_tasks)
@@ -535,7 +554,7 @@ def finalize(
         conn.execute(
             update(submissions).where(submissions.c.id == sub.id).values(status=status, decided_at=now, updated_at=now)
         )
-        audit.append(conn, sub.tenant_id, events)
+        audit.append(conn, sub.tenant_id, [*(events or []), *analyzed, *closing])
     return decision
 
 
@@ -575,9 +594,9 @@ def statement_of_reasons(
     }
 
 
-def dead_letter(ctx: Context, sub: Any, task: str, error: str) -> None:
+def dead_letter(ctx: Context, sub: Any, task: str, error: str, conn: Connection | None = None) -> None:
     """Record the give-up and fail closed to review (never lost, never allowed)."""
-    with ctx.engine.begin() as conn:
+    with contextlib.nullcontext(conn) if conn is not None else ctx.engine.begin() as conn:
         conn.execute(
             insert(dead_letters).values(
                 submission_id=sub.id,
@@ -600,8 +619,9 @@ def dead_letter(ctx: Context, sub: Any, task: str, error: str) -> None:
                 )
             ],
         )
-    policy = ctx.policies.get(sub.policy_id)
-    finalize(ctx, sub, policy, _stored_findings(ctx, sub.id), reason="exhausted_retries")
+        policy = ctx.policies.get(sub.policy_id)
+        found = _stored_findings(conn, sub.id)
+        finalize(ctx, sub, policy, found, reason="exhausted_retries", conn=conn)
 
 
 # ---------------------------------------------------------------- reconcile

@@ -77,7 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "task_default_queue": Q_INGEST,
         "task_routes": {
             T_INGEST: {"queue": Q_INGEST},

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_pixels: int = 50_000_000
     max_frames: int = 500
     max_total_pixels: int = 400_000_000  # width * height * frames, the decompression-bomb guard
-    hash_side: int = 256  # images are decoded (JPEG draft) and hashed at about this long side
+    hash_side: int = 128  # JPEGs are decoded (draft mode) at the smallest DCT scale >= this side
     bank_cache_ttl_s: float = 5.0  # new bank entries apply within this time
 
     # Reliability.
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 15.0
     visibility_timeout_s: int = 600
     reconcile_batch: int = 500
+
+    # Celery task events (what Flower shows live); Flower switches them on when it connects.
+    task_events: bool = False
 
     # Auth.
     key_cache_ttl_s: float = 30.0
