@@ -51,14 +51,18 @@ class BankIndex:
             else:
                 self._tenants.pop(tenant_id, None)
 
-    def _bank(self, tenant_id: str) -> _TenantBank:
+    def _bank(self, tenant_id: str, conn: Connection | None = None) -> _TenantBank:
         now = time.monotonic()
         with self._lock:
             bank = self._tenants.get(tenant_id)
         if bank is not None and now - bank.loaded_at < self.ttl_s:
             return bank
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(bank_entries).where(bank_entries.c.tenant_id == tenant_id)).all()
+        query = select(bank_entries).where(bank_entries.c.tenant_id == tenant_id)
+        if conn is not None:  # the caller's transaction (SQLite allows one writer at a time)
+            rows = conn.execute(query).all()
+        else:
+            with self.engine.connect() as own:
+                rows = own.execute(query).all()
         with_pdq = [r for r in rows if r.pdq]
         bank = _TenantBank(
             loaded_at=now,
@@ -73,9 +77,9 @@ class BankIndex:
             self._tenants[tenant_id] = bank
         return bank
 
-    def lookup(self, tenant_id: str, sha256: str, pdq: str | None) -> Finding:
+    def lookup(self, tenant_id: str, sha256: str, pdq: str | None, conn: Connection | None = None) -> Finding:
         """The banks stage's finding: a match (closest first, bad before good) or none."""
-        bank = self._bank(tenant_id)
+        bank = self._bank(tenant_id, conn)
         match: dict[str, Any] | None = None
         if sha256 in bank.by_sha:
             match = {**bank.by_sha[sha256], "distance": 0, "hash": "sha256"}

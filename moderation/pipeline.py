@@ -12,12 +12,12 @@ shims that call them. Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import re
 import secrets
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -37,7 +37,7 @@ from moderation.images import Limits, inspect_image, to_rgb
 from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
 from moderation.policy import Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import Q_DECIDE as Q_DECIDE
-from moderation.queue import Q_INGEST, T_ANALYZE, T_DECIDE, Publisher
+from moderation.queue import Q_INGEST, T_ANALYZE, T_DECIDE, IngestBatcher, Publisher
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ class Context:
     limits: Limits
     _analyzers: dict[str, Analyzer] = field(default_factory=dict)
     _keys: KeyCache | None = None
+    _batcher: IngestBatcher | None = None
+
+    @property
+    def batcher(self) -> IngestBatcher:
+        if self._batcher is None:
+            self._batcher = IngestBatcher(
+                self.publisher, self.settings.ingest_batch_max, self.settings.ingest_batch_linger_s
+            )
+        return self._batcher
 
     @property
     def keys(self) -> KeyCache:
@@ -213,7 +222,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
         if row is None:
             raise
         return _same_or_conflict(row, sha256), False
-    ctx.publisher.ingest(sid, req.priority)
+    ctx.batcher.add(sid, req.priority)
     return {"id": sid, "status": "queued"}, True
 
 
@@ -251,14 +260,16 @@ def received_event(sub: Any) -> audit.Event:
 # ---------------------------------------------------------------- advance
 
 
-def _count_attempt(conn: Connection, submission_id: str) -> Any | None:
-    """Count this delivery (status -> analyzing) and return the row, or None if not active."""
-    return conn.execute(
-        update(submissions)
-        .where(and_(submissions.c.id == submission_id, submissions.c.status.in_(ACTIVE)))
-        .values(attempts=submissions.c.attempts + 1, status="analyzing", updated_at=utcnow())
-        .returning(*submissions.c)
-    ).first()
+def _count_attempts(conn: Connection, submission_ids: list[str]) -> list[Any]:
+    """Count this delivery (status -> analyzing) for the active ones among `submission_ids`."""
+    return list(
+        conn.execute(
+            update(submissions)
+            .where(and_(submissions.c.id.in_(submission_ids), submissions.c.status.in_(ACTIVE)))
+            .values(attempts=submissions.c.attempts + 1, status="analyzing", updated_at=utcnow())
+            .returning(*submissions.c)
+        ).all()
+    )
 
 
 def _start_attempt(ctx: Context, submission_id: str) -> Any | None:
@@ -268,58 +279,91 @@ def _start_attempt(ctx: Context, submission_id: str) -> Any | None:
         if conn.dialect.name == "postgresql":
             # Losing this increment in a crash only loses one count: no need to wait for fsync.
             conn.execute(text("SET LOCAL synchronous_commit = off"))
-        return _count_attempt(conn, submission_id)
+        rows = _count_attempts(conn, [submission_id])
+        return rows[0] if rows else None
 
 
-def _stored_findings(conn: Connection, submission_id: str) -> list[Finding]:
-    rows = conn.execute(
-        select(findings.c.body).where(findings.c.submission_id == submission_id).order_by(findings.c.id)
-    ).all()
-    return [Finding.from_json(r.body) for r in rows]
+def _stored_findings(conn: Connection, submission_ids: list[str]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {sid: [] for sid in submission_ids}
+    if submission_ids:
+        rows = conn.execute(
+            select(findings.c.submission_id, findings.c.body)
+            .where(findings.c.submission_id.in_(submission_ids))
+            .order_by(findings.c.id)
+        ).all()
+        for r in rows:
+            out[r.submission_id].append(Finding.from_json(r.body))
+    return out
 
 
-def advance(ctx: Context, submission_id: str, count_attempt: bool = True) -> str:
-    """Move a submission one step along its cascade. Returns what happened (for the task log).
+@dataclass
+class _Due:
+    """A submission ready for its automated decision, with what is still to be written."""
 
-    Used by the `ingest` task (first delivery, or re-enqueued by the reconciler) and the
-    `decide` task (after an analyzer stage). Safe to call any number of times.
+    sub: Any
+    policy: Policy | None
+    found: list[Finding]
+    new: list[Finding]
+    events: list[audit.Event]
+    reason: str | None = None
 
-    The step is one transaction: the attempt count, the bank lookup and, when no analyzer stage
-    is due, the decision. Nothing here parses the image (its hashes were computed at intake), so
-    no input can crash the worker between counting and deciding; analyzer stages, which do
-    parse it, commit their attempt count first (`analyze`).
+
+def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool = True) -> str:
+    """Move submissions one step along their cascade. Returns what happened (for the task log).
+
+    Used by the `ingest` task (a batch of fresh submissions, or ones re-enqueued by the
+    reconciler) and the `decide` task (after an analyzer stage). Safe to call any number of times.
+
+    The step is one transaction for the whole batch: the attempt counts, the bank lookups and,
+    where no analyzer stage is due, the decisions. Nothing here parses an image (hashes were
+    computed at intake), so no input can crash the worker between counting and deciding;
+    analyzer stages, which do parse it, commit their attempt count first (`analyze`).
     """
+    ids = [submission_ids] if isinstance(submission_ids, str) else list(dict.fromkeys(submission_ids))
+    routed: list[tuple[Any, Stage]] = []
+    outcome: Counter[str] = Counter()
     with ctx.engine.begin() as conn:
         if count_attempt:
-            sub = _count_attempt(conn, submission_id)
+            rows = _count_attempts(conn, ids)
         else:
-            sub = conn.execute(select(submissions).where(submissions.c.id == submission_id)).first()
-        if sub is None or sub.status not in ACTIVE:
-            return "noop"
-        first = count_attempt and sub.attempts == 1
-        events = [received_event(sub)] if first else []
-        policy = ctx.policies.get(sub.policy_id)
-        if sub.attempts > attempt_budget(ctx, policy):
-            dead_letter(ctx, sub, "ingest", f"gave up after {sub.attempts - 1} attempts", conn)
-            return "dead_lettered"
-        if policy is None:
-            missing = Finding("policy", "0", "policy", error=f"policy {sub.policy_id!r} is no longer loaded")
-            finalize(ctx, sub, None, [missing], [missing], conn=conn, events=events)
-            return "decided"
-        # A first delivery has no stored findings: skip the round trip.
-        done = [] if first else _stored_findings(conn, submission_id)
-        new: list[Finding] = []
-        if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
-            new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq))
-        current = done + new
-        nxt = None if any(f.bank_match for f in current) else next_stage(policy, current, sub.id)
-        if nxt is None:
-            finalize(ctx, sub, policy, current, new, conn=conn, events=events)
-            return "decided"
-        events += _insert_findings(conn, sub.id, new)
-        audit.append(conn, sub.tenant_id, events)
-    ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
-    return f"routed:{nxt.stage}"
+            rows = [r for r in conn.execute(select(submissions).where(submissions.c.id.in_(ids))).all()]
+        rows = [r for r in rows if r.status in ACTIVE]
+        outcome["noop"] = len(ids) - len(rows)
+        # A first delivery has no stored findings: skip the round trip for those.
+        first = {r.id for r in rows if count_attempt and r.attempts == 1}
+        stored = _stored_findings(conn, [r.id for r in rows if r.id not in first])
+        due: list[_Due] = []
+        route_events: list[tuple[str, audit.Event]] = []
+        for sub in rows:
+            events = [received_event(sub)] if sub.id in first else []
+            policy = ctx.policies.get(sub.policy_id)
+            done = stored.get(sub.id, [])
+            if sub.attempts > attempt_budget(ctx, policy):
+                events.append(dead_letter_event(conn, sub, "ingest", f"gave up after {sub.attempts - 1} attempts"))
+                due.append(_Due(sub, policy, done, [], events, reason="exhausted_retries"))
+                outcome["dead_lettered"] += 1
+                continue
+            if policy is None:
+                missing = Finding("policy", "0", "policy", error=f"policy {sub.policy_id!r} is no longer loaded")
+                due.append(_Due(sub, None, [missing], [missing], events))
+                continue
+            new: list[Finding] = []
+            if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
+                new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq, conn))
+            current = done + new
+            nxt = None if any(f.bank_match for f in current) else next_stage(policy, current, sub.id)
+            if nxt is None:
+                due.append(_Due(sub, policy, current, new, events))
+                continue
+            stored_now = _insert_findings(conn, [(sub.id, f) for f in new])
+            events += [analyzed_event(sub.id, f) for f in new if (sub.id, f.stage) in stored_now]
+            route_events += [(sub.tenant_id, e) for e in events]
+            routed.append((sub, nxt))
+        outcome["decided"] += len(finalize_many(ctx, conn, due, route_events))
+    for sub, nxt in routed:
+        ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
+    outcome["routed"] = len(routed)
+    return ",".join(f"{k}={v}" for k, v in sorted(outcome.items()) if v)
 
 
 def attempt_budget(ctx: Context, policy: Policy | None) -> int:
@@ -350,14 +394,19 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
     sub = _start_attempt(ctx, submission_id)
     if sub is None:
         return "noop"
-    policy = ctx.policies[sub.policy_id]
-    if sub.attempts > attempt_budget(ctx, policy):
-        dead_letter(ctx, sub, f"analyze:{stage_name}", f"gave up after {sub.attempts - 1} attempts")
+    policy = ctx.policies.get(sub.policy_id)
+    if policy is None or sub.attempts > attempt_budget(ctx, policy):
+        with ctx.engine.begin() as conn:
+            found = _stored_findings(conn, [sub.id])[sub.id]
+            why = f"gave up after {sub.attempts - 1} attempts" if policy else "policy no longer loaded"
+            event = dead_letter_event(conn, sub, f"analyze:{stage_name}", why)
+            finalize_many(ctx, conn, [_Due(sub, policy, found, [], [event], reason="exhausted_retries")])
         return "dead_lettered"
     stage = policy.stage(stage_name)
     finding = run_stage(ctx, sub, policy, stage)
     with ctx.engine.begin() as conn:
-        audit.append(conn, sub.tenant_id, _insert_findings(conn, sub.id, [finding]))
+        if _insert_findings(conn, [(sub.id, finding)]):
+            audit.append(conn, sub.tenant_id, [analyzed_event(sub.id, finding)])
     ctx.publisher.send(T_DECIDE, [sub.id], Q_DECIDE, sub.priority)
     return "analyzed" if not finding.error else "analyzer_error"
 
@@ -398,25 +447,26 @@ def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage) -> Finding:
     return finding
 
 
-def _insert_findings(conn: Connection, submission_id: str, new: list[Finding]) -> list[audit.Event]:
-    """Store findings (a redelivered one is ignored); returns the `analyzed` events of those stored."""
-    events = []
-    for f in new:
-        stored = conn.execute(
-            _upsert_ignore(conn, findings)
-            .values(
-                submission_id=submission_id,
-                stage=f.stage,
-                analyzer=f.analyzer,
-                analyzer_version=f.version,
-                body=f.to_json(),
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing()
-        ).rowcount
-        if stored:
-            events.append(analyzed_event(submission_id, f))
-    return events
+def _insert_findings(conn: Connection, items: list[tuple[str, Finding]]) -> set[tuple[str, str]]:
+    """Store findings (a redelivered one is ignored); returns the (submission, stage) pairs stored."""
+    if not items:
+        return set()
+    now = utcnow()
+    rows = conn.execute(
+        _upsert_ignore(conn, findings).on_conflict_do_nothing().returning(findings.c.submission_id, findings.c.stage),
+        [
+            {
+                "submission_id": sid,
+                "stage": f.stage,
+                "analyzer": f.analyzer,
+                "analyzer_version": f.version,
+                "body": f.to_json(),
+                "created_at": now,
+            }
+            for sid, f in items
+        ],
+    ).all()
+    return {(r.submission_id, r.stage) for r in rows}
 
 
 def analyzed_event(submission_id: str, f: Finding) -> audit.Event:
@@ -449,27 +499,11 @@ def _upsert_ignore(conn: Connection, table: Any) -> Any:
     return sqlite.insert(table)
 
 
-# ---------------------------------------------------------------- decide
-
-
-def finalize(
-    ctx: Context,
-    sub: Any,
-    policy: Policy | None,
-    found: list[Finding],
-    new: list[Finding] | None = None,
-    reason: str | None = None,
-    conn: Connection | None = None,
-    events: list[audit.Event] | None = None,
-) -> Decision:
-    """Evaluate and record the automated decision, review task and audit events in one transaction
-    (the caller's `conn`, or a new one).
-
-    `new` are findings not stored yet; `events` are audit events to append before these.
-    Idempotent: if an automated decision exists already, nothing is written.
-    """
+def decide_one(item: _Due) -> Decision:
+    """The automated decision for one submission (pure; fail-closed overrides applied)."""
+    sub, policy = item.sub, item.policy
     if policy is None:
-        decision = Decision(
+        return Decision(
             action="review",
             categories={},
             reasons=[{"code": "policy_missing", "policy": sub.policy_id}],
@@ -478,84 +512,112 @@ def finalize(
             review_queue="default",
             review_reason="policy_missing",
         )
-    else:
-        decision = evaluate(policy, found, qa_draw(sub.id))
-    if reason:  # forced fail-closed outcome (dead letter)
+    decision = evaluate(policy, item.found, qa_draw(sub.id))
+    if item.reason:  # forced fail-closed outcome (dead letter)
         decision = Decision(
             action="review",
             categories=decision.categories,
-            reasons=[*decision.reasons, {"code": reason}],
+            reasons=[*decision.reasons, {"code": item.reason}],
             policy_id=decision.policy_id,
             policy_version=decision.policy_version,
             review_queue="default",
-            review_reason=reason,
+            review_reason=item.reason,
         )
+    return decision
+
+
+def finalize_many(
+    ctx: Context, conn: Connection, due: list[_Due], extra_events: list[tuple[str, audit.Event]] | None = None
+) -> list[Decision]:
+    """Record automated decisions, review tasks and audit events for `due`, inside `conn`.
+
+    Idempotent per submission: where an automated decision exists already, nothing is written
+    for it. `extra_events` (tenant, event) are appended to the chains in the same transaction.
+    Chain heads are locked in tenant order, so concurrent batches cannot deadlock.
+    """
     now = utcnow()
-    status = "in_review" if decision.action in ("review", "escalate") else "decided"
-    closing = [
-        audit.Event(
-            "decided",
-            actor="system",
-            submission_id=sub.id,
-            category=decision.top_category,
-            automated=True,
-            occurred_at=now,
-            facts=statement_of_reasons(sub, policy, decision, found, now),
-        )
-    ]
-    task_id = secrets.token_hex(16)
-    if decision.review_queue:
-        closing.append(
+    decided = {item.sub.id: decide_one(item) for item in due}
+    inserted: set[str] = set()
+    if due:
+        rows = conn.execute(
+            _upsert_ignore(conn, decisions).on_conflict_do_nothing().returning(decisions.c.submission_id),
+            [
+                {
+                    "submission_id": item.sub.id,
+                    "dedupe_key": AUTOMATED,
+                    "action": decided[item.sub.id].action,
+                    "categories": decided[item.sub.id].categories,
+                    "reasons": decided[item.sub.id].reasons,
+                    "policy_id": decided[item.sub.id].policy_id,
+                    "policy_version": decided[item.sub.id].policy_version,
+                    "automated": True,
+                    "attempt": int(item.sub.attempts or 1),
+                    "decided_at": now,
+                }
+                for item in due
+            ],
+        ).all()
+        inserted = {r.submission_id for r in rows}
+    todo = [item for item in due if item.sub.id in inserted]
+    stored = _insert_findings(conn, [(item.sub.id, f) for item in todo for f in item.new])
+    tasks: list[dict[str, Any]] = []
+    by_tenant: dict[str, list[audit.Event]] = defaultdict(list)
+    for tenant, event in extra_events or []:
+        by_tenant[tenant].append(event)
+    status: dict[str, list[str]] = defaultdict(list)
+    for item in todo:
+        sub, decision = item.sub, decided[item.sub.id]
+        status["in_review" if decision.action in ("review", "escalate") else "decided"].append(sub.id)
+        events = [
+            *item.events,
+            *(analyzed_event(sub.id, f) for f in item.new if (sub.id, f.stage) in stored),
             audit.Event(
-                "routed_to_review",
+                "decided",
                 actor="system",
                 submission_id=sub.id,
                 category=decision.top_category,
                 automated=True,
-                facts={"queue": decision.review_queue, "reason": decision.review_reason, "review_task_id": task_id},
-            )
-        )
-    with contextlib.nullcontext(conn) if conn is not None else ctx.engine.begin() as conn:
-        inserted = conn.execute(
-            _upsert_ignore(conn, decisions)
-            .values(
-                submission_id=sub.id,
-                dedupe_key=AUTOMATED,
-                action=decision.action,
-                categories=decision.categories,
-                reasons=decision.reasons,
-                policy_id=decision.policy_id,
-                policy_version=decision.policy_version,
-                automated=True,
-                attempt=int(sub.attempts or 1),
-                decided_at=now,
-            )
-            .on_conflict_do_nothing()
-        ).rowcount
-        if not inserted:
-            return decision
-        analyzed = _insert_findings(conn, sub.id, new or [])
+                occurred_at=now,
+                facts=statement_of_reasons(sub, item.policy, decision, item.found, now),
+            ),
+        ]
         if decision.review_queue:
-            conn.execute(
-                _upsert_ignore(conn, review_tasks)
-                .values(
-                    id=task_id,
-                    submission_id=sub.id,
-                    tenant_id=sub.tenant_id,
-                    dedupe_key=AUTOMATED,
-                    queue=decision.review_queue,
-                    reason=decision.review_reason or "review",
-                    status="open",
-                    priority={"high": 1, "normal": 5, "low": 9}.get(sub.priority, 5),
-                    created_at=now,
-                )
-                .on_conflict_do_nothing()
+            task_id = secrets.token_hex(16)
+            tasks.append(
+                {
+                    "id": task_id,
+                    "submission_id": sub.id,
+                    "tenant_id": sub.tenant_id,
+                    "dedupe_key": AUTOMATED,
+                    "queue": decision.review_queue,
+                    "reason": decision.review_reason or "review",
+                    "status": "open",
+                    "priority": {"high": 1, "normal": 5, "low": 9}.get(sub.priority, 5),
+                    "created_at": now,
+                }
             )
+            events.append(
+                audit.Event(
+                    "routed_to_review",
+                    actor="system",
+                    submission_id=sub.id,
+                    category=decision.top_category,
+                    automated=True,
+                    facts={"queue": decision.review_queue, "reason": decision.review_reason, "review_task_id": task_id},
+                )
+            )
+        by_tenant[sub.tenant_id] += events
+    if tasks:
+        conn.execute(_upsert_ignore(conn, review_tasks).on_conflict_do_nothing(), tasks)
+    for new_status, ids in status.items():
         conn.execute(
-            update(submissions).where(submissions.c.id == sub.id).values(status=status, decided_at=now, updated_at=now)
+            update(submissions)
+            .where(submissions.c.id.in_(ids))
+            .values(status=new_status, decided_at=now, updated_at=now)
         )
-        audit.append(conn, sub.tenant_id, [*(events or []), *analyzed, *closing])
-    return decision
+    for tenant in sorted(by_tenant):
+        audit.append(conn, tenant, by_tenant[tenant])
+    return [decided[item.sub.id] for item in todo]
 
 
 def statement_of_reasons(
@@ -594,34 +656,21 @@ def statement_of_reasons(
     }
 
 
-def dead_letter(ctx: Context, sub: Any, task: str, error: str, conn: Connection | None = None) -> None:
-    """Record the give-up and fail closed to review (never lost, never allowed)."""
-    with contextlib.nullcontext(conn) if conn is not None else ctx.engine.begin() as conn:
-        conn.execute(
-            insert(dead_letters).values(
-                submission_id=sub.id,
-                task=task,
-                error=error,
-                attempts=int(sub.attempts),
-                created_at=utcnow(),
-            )
+def dead_letter_event(conn: Connection, sub: Any, task: str, error: str) -> audit.Event:
+    """Record the give-up in the dead-letter table; returns its audit event. The caller then
+    fails the submission closed to review (never lost, never allowed)."""
+    conn.execute(
+        insert(dead_letters).values(
+            submission_id=sub.id, task=task, error=error, attempts=int(sub.attempts), created_at=utcnow()
         )
-        audit.append(
-            conn,
-            sub.tenant_id,
-            [
-                audit.Event(
-                    "dead_lettered",
-                    actor="system",
-                    submission_id=sub.id,
-                    automated=True,
-                    facts={"task": task, "error": error, "attempts": int(sub.attempts)},
-                )
-            ],
-        )
-        policy = ctx.policies.get(sub.policy_id)
-        found = _stored_findings(conn, sub.id)
-        finalize(ctx, sub, policy, found, reason="exhausted_retries", conn=conn)
+    )
+    return audit.Event(
+        "dead_lettered",
+        actor="system",
+        submission_id=sub.id,
+        automated=True,
+        facts={"task": task, "error": error, "attempts": int(sub.attempts)},
+    )
 
 
 # ---------------------------------------------------------------- reconcile
@@ -658,8 +707,12 @@ def reconcile(ctx: Context) -> dict[str, int]:
             .where(and_(submissions.c.id.in_(ids), submissions.c.status.in_(ACTIVE)))
             .values(updated_at=now)
         )
+    by_priority: dict[str, list[str]] = defaultdict(list)
     for r in due:
-        ctx.publisher.ingest(r.id, r.priority)
+        by_priority[r.priority].append(r.id)
+    for priority, pids in by_priority.items():
+        for k in range(0, len(pids), ctx.settings.ingest_batch_max):
+            ctx.publisher.ingest(pids[k : k + ctx.settings.ingest_batch_max], priority)
     log.warning("reconciler re-enqueued %d stale submissions (ingest queue depth %s)", len(due), depth)
     return {"stale": len(stale), "requeued": len(due)}
 

@@ -15,7 +15,10 @@ Queues:
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -110,8 +113,9 @@ class Publisher:
             return False
         return True
 
-    def ingest(self, submission_id: str, priority: str = "normal") -> bool:
-        return self.send(T_INGEST, [submission_id], Q_INGEST, priority)
+    def ingest(self, submission_ids: list[str], priority: str = "normal") -> bool:
+        """One `ingest` message for a list of submissions (processed in one transaction)."""
+        return self.send(T_INGEST, [submission_ids], Q_INGEST, priority)
 
     def queue_depth(self, queue: str) -> int | None:
         """Messages waiting in `queue` (None when the broker cannot say)."""
@@ -122,3 +126,72 @@ class Publisher:
         except Exception as exc:  # broker down, queue not declared yet, transport without counts
             log.debug("queue depth of %s unknown: %s", queue, exc)
             return None
+
+
+class IngestBatcher:
+    """Groups the `ingest` publishes of concurrent requests into one message per priority.
+
+    A message goes out when it holds `max_items` IDs or its oldest ID has waited `linger_s`.
+    Under load this turns many publishes and worker transactions into few; at low load it adds
+    at most `linger_s` of latency. IDs are only published after their rows are committed, so an
+    ID still waiting here when the process dies is not lost: the reconciler re-enqueues it.
+    """
+
+    def __init__(self, publisher: Publisher, max_items: int = 32, linger_s: float = 0.02) -> None:
+        self.publisher = publisher
+        self.max_items = max(1, max_items)
+        self.linger_s = max(0.0, linger_s)
+        self._cond = threading.Condition()
+        self._pending: dict[str, list[str]] = {p: [] for p in PRIORITY}
+        self._since: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        atexit.register(self.close)
+
+    def add(self, submission_id: str, priority: str = "normal") -> None:
+        if self.linger_s == 0 or self.max_items == 1:
+            self.publisher.ingest([submission_id], priority)
+            return
+        priority = priority if priority in PRIORITY else "normal"
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ingest-batcher", daemon=True)
+                self._thread.start()
+            self._since.setdefault(priority, time.monotonic())
+            self._pending[priority].append(submission_id)
+            self._cond.notify()
+
+    def _due(self, now: float) -> list[tuple[str, list[str]]]:
+        out = []
+        for priority, ids in self._pending.items():
+            if ids and (len(ids) >= self.max_items or now - self._since[priority] >= self.linger_s or self._closed):
+                out.append((priority, ids[: self.max_items]))
+                self._pending[priority] = ids[self.max_items :]
+                if self._pending[priority]:
+                    self._since[priority] = now
+                else:
+                    self._since.pop(priority, None)
+        return out
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    due = self._due(time.monotonic())
+                    if due or (self._closed and not any(self._pending.values())):
+                        break
+                    oldest = min(self._since.values(), default=None)
+                    timeout = None if oldest is None else max(0.0, oldest + self.linger_s - time.monotonic())
+                    self._cond.wait(timeout)
+            for priority, ids in due:
+                self.publisher.ingest(ids, priority)
+            if self._closed and not due:
+                return
+
+    def close(self) -> None:
+        """Publish what is pending and stop (at process exit)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 600
     reconcile_batch: int = 500
 
+    # Ingest publishes from concurrent requests are grouped into one message (see IngestBatcher).
+    ingest_batch_max: int = 32
+    ingest_batch_linger_s: float = 0.02
+
     # Celery task events (what Flower shows live); Flower switches them on when it connects.
     task_events: bool = False
 

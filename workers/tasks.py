@@ -34,8 +34,8 @@ def _timed(name: str, fn: Any, *args: Any) -> Any:
 
 
 @app.task(name=T_INGEST, bind=True, **RETRY)
-def ingest(self: Task, submission_id: str) -> str:
-    return str(_timed("ingest", pipeline.advance, context(), submission_id))
+def ingest(self: Task, submission_ids: list[str] | str) -> str:
+    return str(_timed("ingest", pipeline.advance, context(), submission_ids))
 
 
 @app.task(name=T_ANALYZE, bind=True, **RETRY)

@@ -13,12 +13,20 @@ from sqlalchemy import text
 
 from moderation import audit
 from moderation.auth import create_key
-from tests.conftest import REPO, auth, picture
+from tests.conftest import REPO, Procs, auth, picture, wait_until
 
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="module")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
+    yield ps.worker()
+    ps.stop_all()
+
+
 def tenant_with_events(ctx: Any, client: Any, tenant: str, n: int = 3) -> dict[str, str]:
+    """A tenant whose chain holds 2 key events and, per submission, received/analyzed/decided."""
     with ctx.engine.begin() as conn:
         sub = create_key(conn, tenant, ["submitter"])
         aud = create_key(conn, tenant, ["auditor"])
@@ -30,6 +38,12 @@ def tenant_with_events(ctx: Any, client: Any, tenant: str, n: int = 3) -> dict[s
             data={"policy": "hash-only"},
         )
         assert r.status_code == 202
+
+    def chain_length() -> int:
+        with ctx.engine.connect() as conn:
+            return audit.verify(conn, tenant).checked
+
+    wait_until(lambda: chain_length() >= 2 + 3 * n, 60, what=f"{tenant} decided")
     return {"submitter": sub, "auditor": aud}
 
 
@@ -39,7 +53,7 @@ def raw(pg_url: str) -> Any:
     return conn
 
 
-def test_update_delete_truncate_are_rejected(ctx, client, pg_url) -> None:
+def test_update_delete_truncate_are_rejected(ctx, client, pg_url, worker) -> None:
     tenant_with_events(ctx, client, "guarded", 1)
     conn = raw(pg_url)
     with conn.cursor() as cur:
@@ -101,7 +115,7 @@ def tamper(pg_url: str, sql: str) -> None:
         ),
     ],
 )
-def test_verify_reports_the_first_tampered_row(ctx, client, pg_url, tenant, sql, reason) -> None:
+def test_verify_reports_the_first_tampered_row(ctx, client, pg_url, worker, tenant, sql, reason) -> None:
     k = tenant_with_events(ctx, client, tenant)
     before = client.get("/v1/audit/verify", headers=auth(k["auditor"])).json()
     assert before["ok"] is True and before["checked"] >= 4
