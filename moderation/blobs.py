@@ -39,7 +39,7 @@ class BlobStore:
                 fh.write(data)
                 if self.fsync:
                     fh.flush()
-                    os.fsync(fh.fileno())
+                    os.fdatasync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -214,7 +214,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     }
     try:
         with ctx.engine.begin() as conn:
-            conn.execute(insert(submissions).values(**values))
+            conn.execute(insert(submissions), values)  # params apart: the compiled statement is cached
     except IntegrityError:
         # Lost a race with the same external_id / idempotency key.
         with ctx.engine.connect() as conn:
