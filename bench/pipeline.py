@@ -94,7 +94,9 @@ def multipart(data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
     ]
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + b"\r\n"
     )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), boundary
@@ -137,8 +139,9 @@ class Run:
     errors: dict[int, int] = field(default_factory=dict)
 
 
-async def closed_loop(host: str, port: int, key: str, images: list[Path], start: int, duration: float,
-                      concurrency: int) -> tuple[Run, int]:
+async def closed_loop(
+    host: str, port: int, key: str, images: list[Path], start: int, duration: float, concurrency: int
+) -> tuple[Run, int]:
     run, nxt = Run(), start
     deadline = time.monotonic() + duration
 
@@ -158,8 +161,9 @@ async def closed_loop(host: str, port: int, key: str, images: list[Path], start:
     return run, nxt
 
 
-async def open_loop(host: str, port: int, key: str, images: list[Path], start: int, duration: float,
-                    rate: float) -> tuple[Run, int]:
+async def open_loop(
+    host: str, port: int, key: str, images: list[Path], start: int, duration: float, rate: float
+) -> tuple[Run, int]:
     run = Run()
     pool: asyncio.Queue[HttpConn] = asyncio.Queue()
     for _ in range(64):
@@ -271,11 +275,21 @@ def wait_decided(engine: Any, ids: list[str], timeout: float) -> list[tuple[floa
         time.sleep(0.5)
 
 
+_LOGS: list[Any] = []
+
+
+def log_file(path: Path) -> Any:
+    """A log file for a child process, closed at exit."""
+    handle = path.open("wb")
+    _LOGS.append(handle)
+    return handle
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # ---------------------------------------------------------------- main
@@ -287,7 +301,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=24, help="sustained phase connections")
     ap.add_argument("--rate", type=float, default=100, help="latency phase submissions/s")
     ap.add_argument("--latency-duration", type=float, default=30)
-    ap.add_argument("--api-workers", type=int, default=1)
+    ap.add_argument("--api-workers", type=int, default=2)
     ap.add_argument("--worker-procs", type=int, default=1, help="Celery worker processes")
     ap.add_argument("--worker-concurrency", type=int, default=1, help="pool size per worker process")
     ap.add_argument("--pool", default="solo", help="Celery pool (solo, prefork, threads)")
@@ -309,7 +323,7 @@ def main() -> None:
     n_images = args.images or int(args.duration * 320 + args.latency_duration * args.rate + 500)
     images = image_set(n_images, REPO / "var" / "bench-images")
     sizes = [p.stat().st_size for p in images[:200]]
-    print(f"images: {len(images)} distinct 1080x1080 JPEGs, {min(sizes)//1000}-{max(sizes)//1000} KB")
+    print(f"images: {len(images)} distinct 1080x1080 JPEGs, {min(sizes) // 1000}-{max(sizes) // 1000} KB")
 
     dbname = args.database.rsplit("/", 1)[1]
     admin = psycopg2.connect(args.database.rsplit("/", 1)[0] + "/postgres")
@@ -319,8 +333,14 @@ def main() -> None:
         cur.execute(f"CREATE DATABASE {dbname}")
     redis.Redis.from_url(args.redis).flushdb()
 
-    env = {**os.environ, "DATABASE_URL": args.database, "REDIS_URL": args.redis, "MODERATION_VAR_DIR": str(var),
-           "PYTHONPATH": str(REPO), "MODERATION_RECONCILE_INTERVAL_S": "30"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database,
+        "REDIS_URL": args.redis,
+        "MODERATION_VAR_DIR": str(var),
+        "PYTHONPATH": str(REPO),
+        "MODERATION_RECONCILE_INTERVAL_S": "30",
+    }
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "MODERATION_VAR_DIR")})
     from moderation.auth import create_key
     from moderation.db import make_engine
@@ -339,14 +359,38 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     procs["api"] = subprocess.Popen(
         [py, "-m", "moderation.cli", "api", "--port", str(args.port), "--workers", str(args.api_workers)],
-        env=env, stdout=open(logs / "api.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log_file(logs / "api.log"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     for w in range(args.worker_procs):
         procs[f"worker{w}"] = subprocess.Popen(
-            [py, "-m", "celery", "-A", "workers.app", "worker", "-Q", "ingest,decide,maintenance", "-P", args.pool,
-             "-c", str(args.worker_concurrency), "-n", f"bench{w}@%h", "--loglevel", "warning",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env=env, stdout=open(logs / f"worker{w}.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                "ingest,decide,maintenance",
+                "-P",
+                args.pool,
+                "-c",
+                str(args.worker_concurrency),
+                "-n",
+                f"bench{w}@%h",
+                "--loglevel",
+                "warning",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env=env,
+            stdout=log_file(logs / f"worker{w}.log"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     sampler = RssSampler(procs)
     try:

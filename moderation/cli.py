@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from moderation.queue import CPU_QUEUES
 from moderation.settings import Settings
 
 app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=True, add_completion=False)
@@ -30,7 +31,7 @@ err = Console(stderr=True)
 out = Console()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-ALL_QUEUES = "ingest,ingest.external,analyze.cpu,decide,maintenance"
+ALL_QUEUES = ",".join(CPU_QUEUES)
 
 
 def _settings() -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# code -> (http status, what it means). README's error table is generated from this.
+# code -> (http status, what it means). README's error table must match (tests/unit/test_docs.py).
 CATALOGUE: dict[str, tuple[int, str]] = {
     "INVALID_REQUEST": (422, "A field is missing or malformed."),
     "MISSING_FILE": (422, "The multipart field `file` is required."),

@@ -67,7 +67,13 @@ def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            try:
+                im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            except Image.DecompressionBombError as exc:
+                # Pillow's own guard (about 179M pixels) checks width x height at open.
+                raise ModerationError(
+                    "IMAGE_TOO_MANY_PIXELS", f"{exc} The limit is {limits.max_pixels}.", limit=limits.max_pixels
+                ) from exc
             fmt = "JPEG" if im.format == "MPO" else str(im.format)
             width, height = im.size
             if width <= 0 or height <= 0:
@@ -155,6 +161,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
             lo, hi = 0.0, 65535.0
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
         return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "La":
+        im = im.convert("LA")
+        mode = "LA"
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
         mode = "RGBA"

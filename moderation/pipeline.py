@@ -36,8 +36,7 @@ from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, to_rgb
 from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
 from moderation.policy import Decision, Policy, Stage, evaluate, load_policies, qa_draw
-from moderation.queue import Q_DECIDE as Q_DECIDE
-from moderation.queue import Q_INGEST, T_ANALYZE, T_DECIDE, IngestBatcher, Publisher
+from moderation.queue import Q_CALLBACKS, Q_DECIDE, Q_INGEST, T_ANALYZE, T_CALLBACK, T_DECIDE, IngestBatcher, Publisher
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -329,6 +328,7 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             rows = [r for r in conn.execute(select(submissions).where(submissions.c.id.in_(ids))).all()]
         rows = [r for r in rows if r.status in ACTIVE]
         outcome["noop"] = len(ids) - len(rows)
+        with_callback = {r.id for r in rows if r.callback_url}
         # A first delivery has no stored findings: skip the round trip for those.
         first = {r.id for r in rows if count_attempt and r.attempts == 1}
         stored = _stored_findings(conn, [r.id for r in rows if r.id not in first])
@@ -359,7 +359,11 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             events += [analyzed_event(sub.id, f) for f in new if (sub.id, f.stage) in stored_now]
             route_events += [(sub.tenant_id, e) for e in events]
             routed.append((sub, nxt))
-        outcome["decided"] += len(finalize_many(ctx, conn, due, route_events))
+        decided = finalize_many(ctx, conn, due, route_events)
+        outcome["decided"] += len(decided)
+    for sid in decided:
+        if sid in with_callback:
+            ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)
     for sub, nxt in routed:
         ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
     outcome["routed"] = len(routed)
@@ -528,7 +532,7 @@ def decide_one(item: _Due) -> Decision:
 
 def finalize_many(
     ctx: Context, conn: Connection, due: list[_Due], extra_events: list[tuple[str, audit.Event]] | None = None
-) -> list[Decision]:
+) -> dict[str, Decision]:
     """Record automated decisions, review tasks and audit events for `due`, inside `conn`.
 
     Idempotent per submission: where an automated decision exists already, nothing is written
@@ -617,7 +621,7 @@ def finalize_many(
         )
     for tenant in sorted(by_tenant):
         audit.append(conn, tenant, by_tenant[tenant])
-    return [decided[item.sub.id] for item in todo]
+    return {item.sub.id: decided[item.sub.id] for item in todo}
 
 
 def statement_of_reasons(
@@ -671,6 +675,63 @@ def dead_letter_event(conn: Connection, sub: Any, task: str, error: str) -> audi
         automated=True,
         facts={"task": task, "error": error, "attempts": int(sub.attempts)},
     )
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class CallbackFailed(Exception):
+    """The platform's endpoint did not take the callback (retried with backoff)."""
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """`X-Moderation-Signature` value: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
+    import hashlib
+    import hmac
+
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def deliver_callback(ctx: Context, submission_id: str) -> str:
+    """POST the submission's status and decision to its callback_url, signed.
+
+    Raises CallbackFailed on a non-2xx answer or a network error (the task retries with
+    backoff); the platform must treat deliveries as at-least-once (the body carries the id).
+    """
+    import json
+
+    import httpx
+
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(submissions.c.tenant_id, submissions.c.callback_url).where(submissions.c.id == submission_id)
+        ).first()
+    if row is None or not row.callback_url:
+        return "noop"
+    body = json.dumps(view(ctx, row.tenant_id, submission_id), sort_keys=True, separators=(",", ":")).encode()
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "moderation-callback/1",
+        "X-Moderation-Signature": sign(ctx.settings.callback_secret, timestamp, body),
+    }
+    try:
+        response = httpx.post(row.callback_url, content=body, headers=headers, timeout=ctx.settings.callback_timeout_s)
+    except httpx.HTTPError as exc:
+        raise CallbackFailed(f"{row.callback_url}: {exc}") from exc
+    if not 200 <= response.status_code < 300:
+        raise CallbackFailed(f"{row.callback_url}: HTTP {response.status_code}")
+    return f"delivered:{response.status_code}"
+
+
+def callback_given_up(ctx: Context, submission_id: str, error: str, attempts: int) -> None:
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            insert(dead_letters).values(
+                submission_id=submission_id, task="callback", error=error, attempts=attempts, created_at=utcnow()
+            )
+        )
 
 
 # ---------------------------------------------------------------- reconcile

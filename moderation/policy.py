@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,9 +163,9 @@ class PolicyError(Exception):
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: not valid YAML (UTF-8): {exc}") from exc
     if not isinstance(raw, dict):
         raise PolicyError(f"{path}: a policy is a mapping")
     return raw
@@ -176,6 +177,8 @@ def load_policy(path: Path, _seen: tuple[Path, ...] = ()) -> Policy:
     raw = _read(path)
     parent = raw.pop("extends", None)
     if parent is not None:
+        if not isinstance(parent, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", parent):
+            raise PolicyError(f"{path}: extends must name a policy id in the same folder, not {parent!r}")
         base_path = path.with_name(f"{parent}.yaml")
         if base_path in _seen or not base_path.exists():
             raise PolicyError(f"{path}: extends {parent!r}, which is missing or circular")
@@ -281,17 +284,16 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
         if bank_cat:
             scores[bank_cat] = 1.0
         reasons.append({"code": "bank_match", **match, "clause": rule.dsa.clause if rule else None})
-        return decide("escalate" if rule and rule.escalate else "block", top=bank_cat if rule else None)
+        return decide(
+            "escalate" if rule and rule.escalate else "block", top=bank_cat if rule else None, why="bank_match"
+        )
 
-    # 2. Analyzer failure or unparseable output: fail closed.
+    # 2. Analyzer failure or unparseable output: fail closed (below, after the thresholds, so
+    # that what the other analyzers found still counts: an error never weakens the outcome).
     errors = [f for f in found if f.error]
-    if errors:
-        for f in errors:
-            reasons.append({"code": "analyzer_error", "analyzer": f.analyzer, "error": f.error})
-        return decide(policy.on_error, why="analyzer_error")
 
     # 3. Known-good match: allowed without models.
-    if any(f.bank_match and f.bank_match.get("kind") == "good" for f in found):
+    if not errors and any(f.bank_match and f.bank_match.get("kind") == "good" for f in found):
         good = next(f.bank_match for f in found if f.bank_match and f.bank_match.get("kind") == "good")
         reasons.append({"code": "bank_match", **(good or {})})
         return decide("allow")
@@ -324,6 +326,12 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
         if SEVERITY[hit] > SEVERITY[action]:
             action, top = hit, cat
     why = "threshold" if action in ("review", "escalate") else None
+    if errors:
+        for f in errors:
+            reasons.append({"code": "analyzer_error", "analyzer": f.analyzer, "error": f.error})
+        if SEVERITY[policy.on_error] > SEVERITY[action]:
+            action, why = policy.on_error, "analyzer_error"
+        return decide(action, top=top, why=why)
 
     # 5. Guards: each can only make the outcome stricter.
     scored = [f for f in found if f.scores]

@@ -10,6 +10,7 @@ Queues:
   analyze.cpu       CPU analyzer stages
   analyze.gpu       GPU analyzer stages (one worker process per GPU)
   decide            policy evaluation after an analyzer stage, audit, review routing
+  callbacks         signed webhook deliveries to platforms
   maintenance       beat tasks: the reconciler
 """
 
@@ -33,14 +34,16 @@ Q_EXTERNAL = "ingest.external"
 Q_CPU = "analyze.cpu"
 Q_GPU = "analyze.gpu"
 Q_DECIDE = "decide"
+Q_CALLBACKS = "callbacks"
 Q_MAINT = "maintenance"
-CPU_QUEUES = (Q_INGEST, Q_EXTERNAL, Q_CPU, Q_DECIDE, Q_MAINT)
+CPU_QUEUES = (Q_INGEST, Q_EXTERNAL, Q_CPU, Q_DECIDE, Q_CALLBACKS, Q_MAINT)
 
 T_INGEST = "moderation.ingest"
 T_ANALYZE = "moderation.analyze"
 T_DECIDE = "moderation.decide"
 T_SUBMIT = "moderation.submit"
 T_RECONCILE = "moderation.reconcile"
+T_CALLBACK = "moderation.callback"
 
 # Redis transport: lower number = served first.
 PRIORITY = {"high": 0, "normal": 3, "low": 6}
@@ -87,6 +90,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             T_SUBMIT: {"queue": Q_EXTERNAL},
             T_DECIDE: {"queue": Q_DECIDE},
             T_RECONCILE: {"queue": Q_MAINT},
+            T_CALLBACK: {"queue": Q_CALLBACKS},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},

@@ -54,11 +54,13 @@ class Settings(BaseSettings):
     # Celery task events (what Flower shows live); Flower switches them on when it connects.
     task_events: bool = False
 
+    # Webhooks: POST the decision to the submission's callback_url, signed with HMAC-SHA256.
+    callback_secret: str = "change-me"
+    callback_timeout_s: float = 10.0
+    callback_max_attempts: int = 8
+
     # Auth.
     key_cache_ttl_s: float = 30.0
-
-    # Tests set this so that an unreachable PostgreSQL/Redis fails the run instead of skipping.
-    require_services: bool = False
 
     @cached_property
     def embedded(self) -> bool:

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from moderation.queue import CPU_QUEUES
+
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("MODERATION_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes")
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -246,7 +248,7 @@ class Procs:
 
     def worker(
         self,
-        queues: str = "ingest,ingest.external,analyze.cpu,decide,maintenance",
+        queues: str = ",".join(CPU_QUEUES),
         concurrency: int = 2,
         **extra_env: str,
     ) -> Proc:

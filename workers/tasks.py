@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from moderation import pipeline
 from moderation.analyzers.base import TransientAnalyzerError
-from moderation.queue import T_ANALYZE, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
+from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
 from workers.app import app, context
 
 log = logging.getLogger("workers.tasks")
@@ -56,3 +56,15 @@ def submit(self: Task, message: dict[str, Any]) -> dict[str, Any]:
 @app.task(name=T_RECONCILE, bind=True, **RETRY)
 def reconcile(self: Task) -> dict[str, int]:
     return pipeline.reconcile(context())
+
+
+@app.task(name=T_CALLBACK, bind=True, max_retries=None)
+def callback(self: Task, submission_id: str) -> str:
+    ctx = context()
+    try:
+        return str(pipeline.deliver_callback(ctx, submission_id))
+    except pipeline.CallbackFailed as exc:
+        if self.request.retries + 1 >= ctx.settings.callback_max_attempts:
+            pipeline.callback_given_up(ctx, submission_id, str(exc), self.request.retries + 1)
+            return "given_up"
+        raise self.retry(exc=exc, countdown=min(600, 2**self.request.retries)) from exc

@@ -77,6 +77,7 @@ def test_worker_killed_with_sigkill_mid_run_loses_nothing(client, keys, ctx, pro
 
 def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_client) -> None:
     ids = [post(client, keys["submitter"], 2000 + i, policy="hash-only") for i in range(30)]
+
     def queued() -> int:
         return sum(redis_client.llen(k) for k in redis_client.keys("ingest*") if redis_client.type(k) == b"list")
 

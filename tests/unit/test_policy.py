@@ -226,14 +226,6 @@ def test_on_error_allow_is_rejected_by_validation():
         make_policy(on_error="allow")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: evaluate step 2 returns policy.on_error as soon as any finding has an error, ignoring the scores of the "
-        "analyzers that succeeded, so a failing analyzer makes the outcome LESS strict: a child_safety score that "
-        "escalates to the restricted queue becomes a plain review in the default queue (and a block becomes review)"
-    ),
-)
 @pytest.mark.parametrize(
     ("scores", "action", "queue"),
     [({"child_safety": 0.9}, "escalate", "restricted"), ({"hate": 0.95}, "block", None)],
@@ -706,26 +698,12 @@ def test_extending_policy_must_still_match_its_file_name(tmp_path):
     expect_policy_error(write(tmp_path, "child", {"extends": "parent"}), "'parent'", "'child'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: load_policy passes `extends` to Path.with_name unchecked; a value with a path separator "
-        "(e.g. '../default') raises a bare ValueError('Invalid name ...') instead of a PolicyError naming the file"
-    ),
-)
 @pytest.mark.parametrize("parent", ["../parent", "sub/parent"])
 def test_extends_with_a_path_is_a_policy_error(tmp_path, parent):
     write(tmp_path, "parent", policy_file_data("parent"))
     expect_policy_error(write(tmp_path, "child", {"id": "child", "extends": parent}), "extends")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: _read calls path.read_text() outside its try, so a policy file that is not UTF-8 raises a bare "
-        "UnicodeDecodeError instead of a PolicyError naming the file"
-    ),
-)
 def test_non_utf8_policy_file_is_a_policy_error(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_bytes(b"id: p\ndescription: \xff\xfe\n")
