@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from celery import Celery
-from celery.signals import task_postrun, worker_process_init
+from celery.signals import worker_process_init
 
 from moderation.pipeline import Context
 from moderation.queue import celery_config
@@ -27,7 +26,6 @@ app.conf.update(imports=("workers.tasks",))
 
 _ctx: Context | None = None
 _ctx_lock = threading.Lock()
-last_task_finished = time.time()
 
 
 def context() -> Context:
@@ -45,9 +43,3 @@ def _reset_after_fork(**_: object) -> None:
     # A Context inherited from the parent would share its DB connections: start fresh.
     global _ctx
     _ctx = None
-
-
-@task_postrun.connect
-def _progress(**_: object) -> None:
-    global last_task_finished
-    last_task_finished = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -67,6 +68,37 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
         assert verify["ok"] is True and verify["checked"] >= 4  # key_created, received, analyzed, decided
         assert (tmp_path / "var" / "moderation.db").exists()
         assert any((tmp_path / "var" / "blobs").rglob("*"))
+
+        # The CLI against the running pipeline: submit --wait and scan.
+        cli_env = {**env, "MODERATION_URL": base}
+        one = tmp_path / "one.jpg"
+        one.write_bytes(picture(6))
+        sub = subprocess.run(
+            [sys.executable, "-m", "moderation.cli", "submit", str(one), "--wait", "--key", key.group(1)],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        assert json.loads(sub.stdout)["status"] == "decided"
+        folder = tmp_path / "scan"
+        (folder / "nested").mkdir(parents=True)
+        (folder / "a.png").write_bytes(picture(7, fmt="PNG"))
+        (folder / "nested" / "b.jpg").write_bytes(picture(8))
+        (folder / "fake.jpg").write_bytes(b"not an image at all")
+        scan = subprocess.run(
+            [sys.executable, "-m", "moderation.cli", "scan", str(folder), "--key", key.group(1)],
+            capture_output=True,
+            text=True,
+            env={**cli_env, "COLUMNS": "200"},
+            cwd=REPO,
+            timeout=180,
+        )
+        assert scan.returncode == 0, scan.stdout + scan.stderr
+        assert "3 images" in scan.stdout and "rejected:UNSUPPORTED_MEDIA_TYPE" in scan.stdout
+        assert re.search(r"allow\s*│\s*2", scan.stdout), scan.stdout
 
         def flower_up() -> bool:
             try:
