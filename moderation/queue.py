@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import KombuError
+from kombu.exceptions import ChannelError, KombuError
 
 from moderation.settings import Settings
 
@@ -127,6 +127,8 @@ class Publisher:
             with self.app.connection_for_read() as conn:
                 channel = conn.default_channel
                 return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0  # the broker does not know the queue (e.g. Redis restarted): nothing waits in it
         except Exception as exc:  # broker down, queue not declared yet, transport without counts
             log.debug("queue depth of %s unknown: %s", queue, exc)
             return None
