@@ -23,7 +23,7 @@ from moderation.settings import Settings
 app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
-bank_app = typer.Typer(help="Hash banks (minimal; the full bank admin is a later issue).", no_args_is_help=True)
+bank_app = typer.Typer(help="Hash banks: known-bad and known-good images.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bank_app, name="bank")
@@ -352,26 +352,119 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; al
     raise typer.Exit(1 if broken else 0)
 
 
+def _bank_conn() -> Any:
+    from moderation.db import make_engine
+
+    return make_engine(_settings()).begin()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]{exc}[/]")
+    return typer.Exit(2)
+
+
+@bank_app.command("create")
+def bank_create(
+    name: str,
+    tenant: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option(help="bad (a match blocks) | good (a match allows)")] = "bad",
+    category: Annotated[str | None, typer.Option(help="Policy category a match implies")] = None,
+    description: str | None = None,
+) -> None:
+    """Create a hash bank."""
+    from moderation.banks import create_bank
+    from moderation.errors import ModerationError
+
+    try:
+        with _bank_conn() as conn:
+            create_bank(conn, tenant, name, kind, category, description, actor="cli")
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"created bank {name} ({kind})")
+
+
 @bank_app.command("add")
 def bank_add(
-    files: list[Path],
+    paths: list[Path],
     tenant: Annotated[str, typer.Option()],
     bank: Annotated[str, typer.Option()],
-    kind: Annotated[str, typer.Option(help="bad | good")] = "bad",
-    category: Annotated[str | None, typer.Option(help="Policy category a match implies")] = None,
     label: str | None = None,
 ) -> None:
-    """Add images to a tenant's hash bank."""
+    """Add images (files or folders) to a bank."""
     from moderation.banks import add_image
-    from moderation.db import make_engine
+    from moderation.errors import ModerationError
     from moderation.pipeline import Context
 
     ctx = Context.build(_settings())
-    engine = make_engine(ctx.settings)
-    with engine.begin() as conn:
+    files = [
+        f
+        for p in paths
+        for f in (sorted(p.rglob("*")) if p.is_dir() else [p])
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    added = 0
+    with ctx.engine.begin() as conn:
         for f in files:
-            entry = add_image(conn, ctx.limits, tenant, bank, kind, f.read_bytes(), category, label or f.name)
-            out.print(f"{f}: entry {entry}")
+            try:
+                add_image(conn, ctx.limits, tenant, bank, f.read_bytes(), label or f.name, actor="cli")
+                added += 1
+            except ModerationError as exc:
+                if exc.code == "NOT_FOUND":
+                    raise _fail(exc) from exc
+                err.print(f"[yellow]skipped {f}: {exc.code}[/]")
+    out.print(f"added {added} of {len(files)} images to {bank}")
+
+
+@bank_app.command("import")
+def bank_import(file: Path, tenant: Annotated[str, typer.Option()], bank: Annotated[str, typer.Option()]) -> None:
+    """Import a CSV/TSV hash list (column `pdq`, optional `label`, `sha256`)."""
+    from moderation.banks import import_hash_list
+    from moderation.errors import ModerationError
+
+    try:
+        with _bank_conn() as conn:
+            n = import_hash_list(conn, tenant, bank, file.read_text(encoding="utf-8-sig"), actor="cli")
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"imported {n} hashes into {bank}")
+
+
+@bank_app.command("export")
+def bank_export(tenant: Annotated[str, typer.Option()], bank: Annotated[str, typer.Option()]) -> None:
+    """Print a bank as CSV (pdq,label,sha256,phash)."""
+    from moderation.banks import export_hash_list
+
+    with _bank_conn() as conn:
+        sys.stdout.write(export_hash_list(conn, tenant, bank))
+
+
+@bank_app.command("remove")
+def bank_remove(entry_id: int, tenant: Annotated[str, typer.Option()], bank: Annotated[str, typer.Option()]) -> None:
+    """Remove one entry from a bank."""
+    from moderation.banks import remove_entry
+    from moderation.errors import ModerationError
+
+    try:
+        with _bank_conn() as conn:
+            remove_entry(conn, tenant, bank, entry_id, actor="cli")
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"removed entry {entry_id}")
+
+
+@bank_app.command("list")
+def bank_list(tenant: Annotated[str, typer.Option()]) -> None:
+    """List a tenant's banks."""
+    from moderation.banks import list_banks
+
+    with _bank_conn() as conn:
+        rows = list_banks(conn, tenant)
+    table = Table(title=f"banks of {tenant}")
+    for col in ("name", "kind", "category", "entries"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["category"] or "", str(r["entries"]))
+    out.print(table)
 
 
 def main() -> None:

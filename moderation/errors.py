@@ -22,6 +22,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "TOO_MANY_FRAMES": (422, "The animation has more frames than allowed."),
     "UNKNOWN_POLICY": (422, "No policy with that id."),
     "IDEMPOTENCY_CONFLICT": (409, "The idempotency key or external id was used for a different image."),
+    "CONFLICT": (409, "The resource exists already."),
     "UNAUTHENTICATED": (401, "Missing or invalid API key."),
     "FORBIDDEN": (403, "The API key lacks the role for this endpoint."),
     "NOT_FOUND": (404, "No such resource for this tenant."),

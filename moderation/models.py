@@ -206,6 +206,17 @@ dead_letters = Table(
     timestamp("created_at", nullable=False, default=utcnow),
 )
 
+banks = Table(
+    "banks",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),  # "bad" | "good"
+    Column("category", String(32), nullable=True),  # the policy category a match implies
+    Column("description", Text, nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+)
+
 bank_entries = Table(
     "bank_entries",
     metadata,
@@ -220,4 +231,5 @@ bank_entries = Table(
     Column("sha256", String(64), nullable=True),
     timestamp("created_at", nullable=False, default=utcnow),
     Index("ix_bank_entries_tenant", "tenant_id", "bank"),
+    Index("ix_bank_entries_tenant_id", "tenant_id", "id"),
 )

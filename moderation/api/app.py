@@ -8,18 +8,19 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from moderation import __version__, audit, metrics
+from moderation import __version__, audit, banks, metrics
 from moderation.auth import Principal
 from moderation.errors import CATALOGUE, ModerationError
 from moderation.models import audit_events, dead_letters, review_tasks, submissions, utcnow
@@ -80,6 +81,13 @@ class BodyLimit:
         metrics.SUBMISSIONS.labels("rejected", "IMAGE_TOO_LARGE").inc()
         response = _error_response("IMAGE_TOO_LARGE", f"Request body is over {self.limit} bytes.", 413)
         await response(scope, receive, send)
+
+
+class BankIn(BaseModel):
+    name: str
+    kind: Literal["bad", "good"]
+    category: str | None = None
+    description: str | None = None
 
 
 def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -220,6 +228,76 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         who.require("auditor")
         with ctx.engine.connect() as conn:
             return audit.verify(conn, who.tenant_id).to_json()
+
+    # ------------------------------------------------------------ hash banks (admin)
+
+    @app.post("/v1/banks", status_code=201, tags=["banks"])
+    def bank_create(body: BankIn, who: Auth) -> dict[str, Any]:
+        """Create a bank: `kind` bad (a match blocks) or good (a match allows), and the category a match implies."""
+        who.require("admin")
+        with ctx.engine.begin() as conn:
+            return banks.create_bank(
+                conn, who.tenant_id, body.name, body.kind, body.category, body.description, actor=who.key_id
+            )
+
+    @app.get("/v1/banks", tags=["banks"])
+    def bank_list(who: Auth) -> dict[str, Any]:
+        who.require("admin")
+        with ctx.engine.connect() as conn:
+            return {"banks": banks.list_banks(conn, who.tenant_id)}
+
+    @app.post("/v1/banks/{name}/images", status_code=201, tags=["banks"])
+    def bank_add_images(
+        name: str,
+        who: Auth,
+        files: Annotated[list[UploadFile], File(description="Images to bank")],
+        label: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        """Hash images (same validation as submissions) and add them to the bank."""
+        who.require("admin")
+        datas = [(f.filename, f.file.read(settings.max_upload_bytes + 1)) for f in files]
+        with ctx.engine.begin() as conn:
+            ids = [
+                banks.add_image(conn, ctx.limits, who.tenant_id, name, data, label or filename, who.key_id)
+                for filename, data in datas
+            ]
+        return {"added": len(ids), "entry_ids": ids}
+
+    @app.post("/v1/banks/{name}/hashes", status_code=201, tags=["banks"])
+    def bank_import_hashes(
+        name: str,
+        who: Auth,
+        file: Annotated[UploadFile, File(description="CSV/TSV: pdq[,label][,sha256]")],
+    ) -> dict[str, Any]:
+        """Import a hash list (CSV or TSV with a `pdq` column, or lines of `<pdq>[,<label>]`)."""
+        who.require("admin")
+        raw = file.file.read(settings.max_upload_bytes + 1)
+        if len(raw) > settings.max_upload_bytes:
+            raise ModerationError("IMAGE_TOO_LARGE", "The hash list is over the upload size cap.")
+        try:
+            text_body = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ModerationError("INVALID_REQUEST", "The hash list must be UTF-8 text.") from exc
+        with ctx.engine.begin() as conn:
+            return {"added": banks.import_hash_list(conn, who.tenant_id, name, text_body, who.key_id)}
+
+    @app.get("/v1/banks/{name}/entries", tags=["banks"])
+    def bank_entries_list(
+        name: str,
+        who: Auth,
+        after_id: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        who.require("admin")
+        with ctx.engine.connect() as conn:
+            return {"entries": banks.list_entries(conn, who.tenant_id, name, after_id, limit)}
+
+    @app.delete("/v1/banks/{name}/entries/{entry_id}", status_code=204, tags=["banks"])
+    def bank_remove_entry(name: str, entry_id: int, who: Auth) -> Response:
+        who.require("admin")
+        with ctx.engine.begin() as conn:
+            banks.remove_entry(conn, who.tenant_id, name, entry_id, who.key_id)
+        return Response(status_code=204)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

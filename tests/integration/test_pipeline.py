@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from moderation.banks import add_image
 from moderation.models import audit_events, decisions, review_tasks, submissions
 from tests.conftest import Procs, auth, picture, wait_until
 
@@ -74,8 +73,16 @@ def test_image_ends_decided_with_decision_and_audit_trail(client, keys, worker, 
 
 def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys, worker, ctx) -> None:
     original = picture(202, size=(900, 700))
-    with ctx.engine.begin() as conn:
-        add_image(conn, ctx.limits, "acme", "known-bad", "bad", original, category="violence_gore", label="case 7")
+    admin = auth(keys["admin"])
+    r = client.post("/v1/banks", headers=admin, json={"name": "known-bad", "kind": "bad", "category": "violence_gore"})
+    assert r.status_code == 201, r.text
+    r = client.post(
+        "/v1/banks/known-bad/images",
+        headers=admin,
+        files=[("files", ("case7.jpg", original))],
+        data={"label": "case 7"},
+    )
+    assert r.status_code == 201 and r.json()["added"] == 1
     im = Image.open(io.BytesIO(original)).resize((600, 467))
     buf = io.BytesIO()
     im.save(buf, "WEBP", quality=55)
