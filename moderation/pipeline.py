@@ -31,6 +31,7 @@ from moderation.analyzers.base import AnalysisInput, Analyzer, Finding, Transien
 from moderation.auth import KeyCache, Principal
 from moderation.banks import BankIndex
 from moderation.blobs import BlobStore
+from moderation.cache import LocalStore, RedisStore, VerdictCache
 from moderation.db import make_engine
 from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, to_rgb
@@ -58,6 +59,14 @@ class Context:
     _analyzers: dict[str, Analyzer] = field(default_factory=dict)
     _keys: KeyCache | None = None
     _batcher: IngestBatcher | None = None
+    _verdicts: VerdictCache | None = None
+
+    @property
+    def verdicts(self) -> VerdictCache:
+        if self._verdicts is None:
+            store = RedisStore(self.settings.redis_url) if self.settings.redis_url else LocalStore()
+            self._verdicts = VerdictCache(store)
+        return self._verdicts
 
     @property
     def batcher(self) -> IngestBatcher:
@@ -351,7 +360,13 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
                 new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq, conn))
             current = done + new
-            nxt = None if any(f.bank_match for f in current) else next_stage(policy, current, sub.id)
+            matched = any(f.bank_match for f in current)
+            if not matched and any(s.stage == "cache" for s in policy.cascade) and not _analyzed(policy, done):
+                cached = ctx.verdicts.get(policy, sub.sha256, sub.caption)
+                if cached:
+                    current, new = current + cached, new + cached
+                    outcome["cache_hits"] += 1
+            nxt = None if matched else next_stage(policy, current, sub.id)
             if nxt is None:
                 due.append(_Due(sub, policy, current, new, events))
                 continue
@@ -361,6 +376,10 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             routed.append((sub, nxt))
         decided = finalize_many(ctx, conn, due, route_events)
         outcome["decided"] += len(decided)
+    for item in due:  # after commit: cache what the analyzers found (never errors, never a replay)
+        fresh = item.policy is not None and _analyzed(item.policy, item.found)
+        if item.sub.id in decided and fresh and item.policy and not any(f.cached for f in item.found):
+            ctx.verdicts.put(item.policy, item.sub.sha256, item.sub.caption, item.found)
     for sid in decided:
         if sid in with_callback:
             ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)
@@ -368,6 +387,12 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
         ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
     outcome["routed"] = len(routed)
     return ",".join(f"{k}={v}" for k, v in sorted(outcome.items()) if v)
+
+
+def _analyzed(policy: Policy, found: list[Finding]) -> bool:
+    """Whether any analyzer stage of the policy has a finding already."""
+    names = {s.stage for s in policy.analyzer_stages}
+    return any(f.stage in names for f in found)
 
 
 def attempt_budget(ctx: Context, policy: Policy | None) -> int:
@@ -490,6 +515,7 @@ def analyzed_event(submission_id: str, f: Finding) -> audit.Event:
             "error": f.error,
             "bank_match": f.bank_match,
             "rationale": f.rationale,
+            "cached": f.cached,
         },
     )
 
@@ -657,6 +683,7 @@ def statement_of_reasons(
         "rationale": {k: v for f in found for k, v in f.rationale.items()},
         "review": {"queue": decision.review_queue, "reason": decision.review_reason} if decision.review_queue else None,
         "attempt": int(sub.attempts or 1),
+        "cached": any(f.cached for f in found),
     }
 
 

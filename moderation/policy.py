@@ -58,7 +58,7 @@ DSA_CATEGORIES = (
 Action = Literal["allow", "restrict", "block", "review", "escalate"]
 SEVERITY: dict[str, int] = {"allow": 0, "restrict": 1, "review": 2, "block": 3, "escalate": 4}
 Visibility = Literal["REMOVED", "DISABLED", "DEMOTED", "AGE_RESTRICTED", "LABELLED"]
-BUILTIN_STAGES = ("banks",)
+BUILTIN_STAGES = ("banks", "cache")
 
 
 class _Strict(BaseModel):
@@ -116,6 +116,11 @@ class Visibilities(_Strict):
     restrict: Visibility = "AGE_RESTRICTED"
 
 
+class CacheSettings(_Strict):
+    enabled: bool = True  # a policy that must re-analyse every upload sets this to false
+    ttl_s: int = Field(default=3600, ge=1)
+
+
 class Policy(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     description: str = ""
@@ -127,6 +132,7 @@ class Policy(_Strict):
     on_uncovered: Literal["review", "allow"] = "review"
     territorial_scope: list[str] = Field(default_factory=lambda: ["EU"])
     visibility: Visibilities = Field(default_factory=Visibilities)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     source_type: Literal["SOURCE_VOLUNTARY", "SOURCE_ARTICLE_16", "SOURCE_TRUSTED_NOTIFIER"] = "SOURCE_VOLUNTARY"
 
     @model_validator(mode="after")

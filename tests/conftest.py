@@ -118,6 +118,7 @@ def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "on_uncovered: review\n"
         "cascade:\n"
         "  - stage: banks\n"
+        "  - stage: cache\n"
         "  - stage: caption\n"
         "    analyzer: tests.support.analyzers:CaptionAnalyzer\n"
         "    queue: analyze.cpu\n"

@@ -93,13 +93,20 @@ class TransientAnalyzerError(Exception):
     """A fault outside the input (model server down, CUDA OOM): retry later."""
 
 
-def load_analyzer(path: str, options: dict[str, Any] | None = None) -> Analyzer:
-    """Build an analyzer from a dotted path `package.module:ClassName`."""
+def analyzer_class(path: str) -> type[Analyzer]:
+    """The class behind a dotted path `package.module:ClassName` (imported, not instantiated)."""
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"analyzer path {path!r} must look like 'package.module:ClassName'")
     cls = getattr(importlib.import_module(module_name), attr)
-    analyzer = cls(**(options or {}))
+    if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
+        raise TypeError(f"{path} is not an Analyzer")
+    return cls
+
+
+def load_analyzer(path: str, options: dict[str, Any] | None = None) -> Analyzer:
+    """Build an analyzer from a dotted path `package.module:ClassName`."""
+    analyzer = analyzer_class(path)(**(options or {}))
     if not isinstance(analyzer, Analyzer):
         raise TypeError(f"{path} is not an Analyzer")
     return analyzer

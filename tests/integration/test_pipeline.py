@@ -207,3 +207,45 @@ def test_blob_store_is_content_addressed(ctx, client, keys, worker) -> None:
     path = ctx.blobs.path(digest)
     assert path == Path(ctx.settings.blobs) / digest[:2] / digest[2:4] / digest
     assert path.read_bytes() == data
+
+
+def test_verdict_cache_reuses_findings_for_the_same_image_and_caption(client, keys, worker, ctx) -> None:
+    data = picture(707)
+    first = wait_final(
+        client,
+        keys["submitter"],
+        submit(client, keys["submitter"], data, policy="test-cascade", caption="hate=0.95")["id"],
+    )
+    again = wait_final(
+        client,
+        keys["submitter"],
+        submit(client, keys["submitter"], data, policy="test-cascade", caption="hate=0.95")["id"],
+    )
+    other_caption = wait_final(
+        client,
+        keys["submitter"],
+        submit(client, keys["submitter"], data, policy="test-cascade", caption="hate=0.1")["id"],
+    )
+    assert first["decision"]["action"] == again["decision"]["action"] == "block"
+    assert other_caption["decision"]["action"] == "allow"
+
+    def decided_facts(sid: str) -> dict[str, Any]:
+        events = client.get(
+            "/v1/audit/events", params={"submission_id": sid, "action": "decided"}, headers=auth(keys["auditor"])
+        ).json()["events"]
+        return dict(events[0]["facts"])
+
+    assert decided_facts(first["id"])["cached"] is False
+    assert decided_facts(again["id"])["cached"] is True  # decided from the cache: the analyzer did not run
+    assert decided_facts(other_caption["id"])["cached"] is False
+    with ctx.engine.connect() as conn:
+        bodies = (
+            conn.execute(
+                select(audit_events.c.body).where(
+                    audit_events.c.submission_id == again["id"], audit_events.c.action == "analyzed"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert any('"cached":true' in b and '"stage":"caption"' in b for b in bodies)
