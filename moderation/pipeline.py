@@ -71,8 +71,9 @@ class Context:
     @property
     def batcher(self) -> IngestBatcher:
         if self._batcher is None:
+            s = self.settings
             self._batcher = IngestBatcher(
-                self.publisher, self.settings.ingest_batch_max, self.settings.ingest_batch_linger_s
+                self.publisher, s.ingest_batch_max, s.ingest_batch_linger_s, s.ingest_batch_min_rate
             )
         return self._batcher
 

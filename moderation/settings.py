@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     # Ingest publishes from concurrent requests are grouped into one message (see IngestBatcher).
     ingest_batch_max: int = 32
     ingest_batch_linger_s: float = 0.05
+    ingest_batch_min_rate: float = 50.0  # below this many submissions/s, no grouping (no added latency)
 
     # Celery task events (what Flower shows live); Flower switches them on when it connects.
     task_events: bool = False
