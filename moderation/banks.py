@@ -33,6 +33,10 @@ from moderation.models import bank_entries, banks, utcnow
 ANALYZER = "banks"
 VERSION = "pdq-2"
 DEFAULT_MAX_DISTANCE = 31
+# Within this distance a match is a copy and decides; beyond it (up to 31) it is a near match that
+# goes on through the cascade and never ends in allow. Same-picture memes with other captions sit
+# 12-72 bits apart, re-encoded copies 0-4 (bench/meme_hashes.py; bench/RESULTS.md).
+DEFAULT_DECISIVE_DISTANCE = 10
 DELTA_LIMIT = 20_000
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -56,10 +60,17 @@ class _TenantBank:
 
 
 class BankIndex:
-    def __init__(self, engine: Engine, ttl_s: float = 5.0, max_distance: int = DEFAULT_MAX_DISTANCE) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        ttl_s: float = 5.0,
+        max_distance: int = DEFAULT_MAX_DISTANCE,
+        decisive_distance: int = DEFAULT_DECISIVE_DISTANCE,
+    ) -> None:
         self.engine = engine
         self.ttl_s = ttl_s
         self.max_distance = max_distance
+        self.decisive_distance = decisive_distance
         self._lock = threading.Lock()
         self._tenants: dict[str, _TenantBank] = {}
 
@@ -192,6 +203,7 @@ class BankIndex:
                     "category": m["category"],
                     "distance": distance,
                     "hash": kind,
+                    "near": distance > self.decisive_distance,
                 }
         return Finding(
             analyzer=ANALYZER,

@@ -92,7 +92,9 @@ class Context:
             blobs=BlobStore(settings.blobs, fsync=settings.blob_fsync),
             publisher=publisher or Publisher(settings),
             policies=load_policies(settings.policies_dir),
-            banks=BankIndex(engine, ttl_s=settings.bank_cache_ttl_s),
+            banks=BankIndex(
+                engine, settings.bank_cache_ttl_s, settings.bank_max_distance, settings.bank_decisive_distance
+            ),
             limits=Limits(
                 max_bytes=settings.max_upload_bytes,
                 max_pixels=settings.max_pixels,
@@ -361,7 +363,7 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             if any(s.stage == "banks" for s in policy.cascade) and not any(f.stage == "banks" for f in done):
                 new.append(ctx.banks.lookup(sub.tenant_id, sub.sha256, sub.pdq, conn))
             current = done + new
-            matched = any(f.bank_match for f in current)
+            matched = any(f.bank_match and not f.bank_match.get("near") for f in current)
             if not matched and any(s.stage == "cache" for s in policy.cascade) and not _analyzed(policy, done):
                 cached = ctx.verdicts.get(policy, sub.sha256, sub.caption)
                 if cached:

@@ -282,7 +282,10 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
         )
 
     # 1. Known-bad bank match: decided without any model.
-    bad = [f.bank_match for f in found if f.bank_match and f.bank_match.get("kind") == "bad"]
+    matches = [f.bank_match for f in found if f.bank_match]
+    bad = [m for m in matches if m.get("kind") == "bad" and not m.get("near")]
+    near_bad = [m for m in matches if m.get("kind") == "bad" and m.get("near")]
+    good = [m for m in matches if m.get("kind") == "good" and not m.get("near")]
     if bad:
         match = min(bad, key=lambda m: int(m.get("distance", 0)))
         bank_cat: str | None = match.get("category")
@@ -299,9 +302,8 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
     errors = [f for f in found if f.error]
 
     # 3. Known-good match: allowed without models.
-    if not errors and any(f.bank_match and f.bank_match.get("kind") == "good" for f in found):
-        good = next(f.bank_match for f in found if f.bank_match and f.bank_match.get("kind") == "good")
-        reasons.append({"code": "bank_match", **(good or {})})
+    if not errors and good and not near_bad:
+        reasons.append({"code": "bank_match", **good[0]})
         return decide("allow")
 
     # 4. Thresholds.
@@ -357,6 +359,13 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
     covered: set[str] = set()
     for f in found:
         covered |= f.coverage
+    if near_bad and SEVERITY[action] < SEVERITY["review"]:
+        # Close to a known-bad image but not a copy (e.g. the same picture with another caption):
+        # never allowed automatically; a human compares.
+        m = min(near_bad, key=lambda m: int(m.get("distance", 0)))
+        reasons.append({"code": "bank_near_match", **m})
+        action, why = "review", "bank_near_match"
+        top = m.get("category") if m.get("category") in policy.categories else top
     uncovered = sorted(set(policy.categories) - covered)
     if uncovered and policy.on_uncovered == "review" and action == "allow":
         reasons.append({"code": "uncovered_categories", "categories": uncovered})

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_total_pixels: int = 400_000_000  # width * height * frames, the decompression-bomb guard
     hash_side: int = 128  # JPEGs are decoded (draft mode) at the smallest DCT scale >= this side
     bank_cache_ttl_s: float = 5.0  # new bank entries apply within this time
+    bank_max_distance: int = 31  # PDQ bits: a candidate match
+    bank_decisive_distance: int = 10  # PDQ bits: a copy, decided without models (beyond: near match)
 
     # Reliability.
     max_attempts: int = 5

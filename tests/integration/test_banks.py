@@ -137,3 +137,24 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
     listed = cli("list", "--tenant", "acme")
     assert "cli-bank" in listed.stdout and "copy" in listed.stdout
     assert cli("remove", "999999", "--tenant", "acme", "--bank", "copy").returncode == 2
+
+
+def test_same_picture_other_caption_is_not_a_copy(client, keys, worker) -> None:
+    from bench.meme_hashes import jpeg, meme, template
+
+    admin = auth(keys["admin"])
+    client.post("/v1/banks", headers=admin, json={"name": "threat-memes", "kind": "bad", "category": "harassment"})
+    base = template(3)
+    banked = meme(base, "MEET ME OUTSIDE", "YOU WILL REGRET IT")
+    r = client.post("/v1/banks/threat-memes/images", headers=admin, files=[("files", ("m.jpg", jpeg(banked)))])
+    assert r.status_code == 201
+    settle()
+    copy = decide(client, keys["submitter"], jpeg(banked.resize((700, 700)), 55))
+    assert copy["decision"]["action"] == "block" and copy["decision"]["reasons"][0]["near"] is False
+    other = decide(client, keys["submitter"], jpeg(meme(base, "ME AFTER ONE GYM SESSION", "EXPECTING ABS")))
+    # Not blocked as a copy; if the hash is still close, a human looks (never an automatic allow of a near match).
+    assert other["decision"]["action"] in ("review", "allow")
+    codes = [r["code"] for r in other["decision"]["reasons"]]
+    assert "bank_match" not in codes
+    if other["decision"]["action"] == "review":
+        assert codes[-1] == "bank_near_match"

@@ -762,3 +762,42 @@ def test_shipped_default_policy_decisions():
     assert clean.review_queue is None
     sampled = evaluate(default, [Finding("banks", "1", "banks")], qa=0.001)
     assert sampled.review_queue == "qa"
+
+
+# --------------------------------------------------------------------------- near bank matches
+
+
+def near(kind: str, distance: int = 20, category: str | None = "hate") -> Finding:
+    return Finding(
+        "banks",
+        "1",
+        "banks",
+        covered=[],
+        bank_match={
+            "kind": kind,
+            "bank": f"{kind}-bank",
+            "category": category,
+            "distance": distance,
+            "near": True,
+            "entry_id": 9,
+            "label": "template",
+        },
+    )
+
+
+def test_near_bad_match_is_never_allowed_automatically():
+    d = evaluate(POLICY, [near("bad")])
+    assert d.action == "review" and d.review_reason == "bank_near_match"
+    assert d.reasons[-1]["code"] == "bank_near_match" and d.top_category == "hate"
+
+
+def test_near_bad_match_does_not_weaken_a_block():
+    d = evaluate(POLICY, [near("bad"), model({"hate": 0.95})])
+    assert d.action == "block"
+
+
+def test_near_good_match_does_not_allow_by_itself():
+    for scores in ({"hate": 0.95}, {}):
+        with_near = evaluate(POLICY, [near("good"), model(scores)])
+        assert with_near.action == evaluate(POLICY, [model(scores)]).action
+        assert not any(r["code"] == "bank_match" for r in with_near.reasons)
