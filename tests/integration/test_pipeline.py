@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys
         data={"label": "case 7"},
     )
     assert r.status_code == 201 and r.json()["added"] == 1
+    time.sleep(0.6)  # bank changes reach the workers' indexes within MODERATION_BANK_CACHE_TTL_S (0.2 s here)
     im = Image.open(io.BytesIO(original)).resize((600, 467))
     buf = io.BytesIO()
     im.save(buf, "WEBP", quality=55)
