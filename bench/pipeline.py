@@ -162,7 +162,15 @@ async def closed_loop(
 
 
 async def open_loop(
-    host: str, port: int, key: str, images: list[Path], start: int, duration: float, rate: float
+    host: str,
+    port: int,
+    key: str,
+    images: list[Path],
+    start: int,
+    duration: float,
+    rate: float,
+    fields: dict[str, str] | None = None,
+    same_image: Path | None = None,
 ) -> tuple[Run, int]:
     run = Run()
     pool: asyncio.Queue[HttpConn] = asyncio.Queue()
@@ -174,7 +182,9 @@ async def open_loop(
     async def fire(i: int) -> None:
         conn = await pool.get()
         try:
-            status, payload = await conn.post(images[i].read_bytes(), {"policy": "hash-only", "external_id": f"b{i}"})
+            data = (same_image or images[i]).read_bytes()
+            form = fields if fields is not None else {"policy": "hash-only", "external_id": f"b{i}"}
+            status, payload = await conn.post(data, form)
         finally:
             pool.put_nowait(conn)
         if status == 202:
@@ -211,6 +221,22 @@ class RssSampler(threading.Thread):
                 except psutil.Error:
                     continue
                 self.peak[name] = max(self.peak[name], rss / 2**20)
+
+
+def policies_dir(var: Path) -> Path:
+    """The shipped policies plus `cached`: banks, verdict cache, then a test analyzer whose scores
+    come from the caption (tests/support/analyzers.py), so that a repeat is a cache hit."""
+    import shutil
+
+    d = var / "policies"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in (REPO / "policies").glob("*.yaml"):
+        shutil.copy(f, d / f.name)
+    (d / "cached.yaml").write_text(
+        "id: cached\nextends: default\nqa_sample_rate: 0.0\ncascade:\n  - stage: banks\n  - stage: cache\n"
+        "  - stage: caption\n    analyzer: tests.support.analyzers:CaptionAnalyzer\n    queue: analyze.cpu\n"
+    )
+    return d
 
 
 def cpu_seconds(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
@@ -340,6 +366,7 @@ def main() -> None:
         "MODERATION_VAR_DIR": str(var),
         "PYTHONPATH": str(REPO),
         "MODERATION_RECONCILE_INTERVAL_S": "30",
+        "MODERATION_POLICIES_DIR": str(policies_dir(var)),
     }
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "MODERATION_VAR_DIR")})
     from moderation.auth import create_key
@@ -374,7 +401,7 @@ def main() -> None:
                 "workers.app",
                 "worker",
                 "-Q",
-                "ingest,decide,maintenance",
+                "ingest,decide,maintenance,analyze.cpu",
                 "-P",
                 args.pool,
                 "-c",
@@ -458,6 +485,22 @@ def main() -> None:
             "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None,
         }
         print("latency:", json.dumps(latency))
+
+        # 3. verdict-cache hits: the same image and caption again, at a low rate
+        hit_fields = {"policy": "cached", "caption": "spam=0.2"}
+        first, _ = asyncio.run(open_loop("127.0.0.1", args.port, key, images, nxt, 1, 1, hit_fields, images[nxt]))
+        wait_decided(engine, [i for i, _ in first.accepted], 60)
+        run3, _ = asyncio.run(open_loop("127.0.0.1", args.port, key, images, nxt, 15, 20, hit_fields, images[nxt]))
+        got3 = wait_decided(engine, [i for i, _ in run3.accepted], 120)
+        lat3 = [d - c for c, d in got3]
+        cache_hits = {
+            "rate": 20,
+            "decided": len(got3),
+            "p50_ms": round(1000 * pct(lat3, 50), 1),
+            "p95_ms": round(1000 * pct(lat3, 95), 1),
+            "p99_ms": round(1000 * pct(lat3, 99), 1),
+        }
+        print("cache hits:", json.dumps(cache_hits))
     finally:
         sampler.stop.set()
         for p in procs.values():
@@ -475,6 +518,7 @@ def main() -> None:
         "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
         "sustained": sustained,
         "latency": latency,
+        "cache_hits": cache_hits,
         "peak_rss_mb": rss,
     }
     print("peak RSS (MB):", json.dumps(rss))
