@@ -9,7 +9,7 @@
 # REPO_ROOT/policies and REPO_ROOT/migrations do not exist).
 FROM python:3.11-slim
 
-ARG EXTRAS=""
+ARG EXTRAS="[lite]"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

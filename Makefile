@@ -8,11 +8,11 @@ BIN    := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e ".[lite]"
 	touch $@
 
 $(BIN)/.dev: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lite]"
 	touch $@
 
 ## Run API (:8000), Celery worker, beat and Flower (:5555). No DATABASE_URL/REDIS_URL: SQLite + filesystem broker under var/.
@@ -21,6 +21,7 @@ up: $(BIN)/.installed
 
 ## Install dev dependencies and run the whole suite (integration tests use the local PostgreSQL and Redis).
 test: $(BIN)/.dev
+	@bash .ci/fonts.sh || echo "warning: the CJK font is missing; the Chinese OCR test will fail"
 	@bash .ci/services.sh || echo "warning: could not start PostgreSQL/Redis; service tests will skip (or fail under MODERATION_REQUIRE_SERVICES=1)"
 	$(BIN)/python -m pytest
 

@@ -48,8 +48,11 @@ def template(seed: int, size: int = 1024) -> Image.Image:
 def meme(base: Image.Image, top: str, bottom: str) -> Image.Image:
     im = base.copy()
     draw = ImageDraw.Draw(im)
-    font = ImageFont.truetype(FONT, 72)
     for text, y in ((top, 20), (bottom, im.height - 110)):
+        size = 72
+        while size > 24 and draw.textlength(text, font=ImageFont.truetype(FONT, size)) > 0.92 * im.width:
+            size -= 4
+        font = ImageFont.truetype(FONT, size)
         w = draw.textlength(text, font=font)
         draw.text(((im.width - w) / 2, y), text, font=font, fill="white", stroke_width=5, stroke_fill="black")
     return im

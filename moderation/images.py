@@ -174,6 +174,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def sample_frames(im: Image.Image, n: int) -> list[Image.Image]:
+    """Up to `n` frames spread over an animation, after the first (RGB copies); [] for stills."""
+    total = int(getattr(im, "n_frames", 1))
+    if total <= 1 or n <= 0:
+        return []
+    picks = sorted({round(i * (total - 1) / n) for i in range(1, n + 1)} - {0})
+    out = []
+    for index in picks:
+        im.seek(index)
+        out.append(to_rgb(im.convert("RGBA") if im.mode == "P" else im.copy()))
+    im.seek(0)
+    return out
+
+
 def compute_hashes(rgb: Image.Image) -> tuple[str, str, int]:
     """pHash (64-bit, hex) and PDQ (256-bit, hex, with its quality 0..100) of an RGB image."""
     if rgb.size != HASH_INPUT:

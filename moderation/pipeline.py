@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 from sqlalchemy import Connection, Engine, and_, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -34,7 +34,7 @@ from moderation.blobs import BlobStore
 from moderation.cache import LocalStore, RedisStore, VerdictCache
 from moderation.db import make_engine
 from moderation.errors import ModerationError
-from moderation.images import Limits, inspect_image, to_rgb
+from moderation.images import Limits, inspect_image, sample_frames, to_rgb
 from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
 from moderation.policy import Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import Q_CALLBACKS, Q_DECIDE, Q_INGEST, T_ANALYZE, T_CALLBACK, T_DECIDE, IngestBatcher, Publisher
@@ -444,13 +444,13 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
 
 
 def analysis_input(ctx: Context, sub: Any, policy: Policy) -> AnalysisInput:
+    """The normalised image (and, for animations, a few more frames) for an analyzer."""
     data = ctx.blobs.get(sub.sha256)
     with Image.open(io.BytesIO(data)) as im:
         im.seek(0)
         im.load()
-        from PIL import ImageOps
-
         rgb = to_rgb(ImageOps.exif_transpose(im) or im)
+        frames = tuple(sample_frames(im, 4)) if sub.frames > 1 else ()
     return AnalysisInput(
         submission_id=sub.id,
         tenant_id=sub.tenant_id,
@@ -461,6 +461,7 @@ def analysis_input(ctx: Context, sub: Any, policy: Policy) -> AnalysisInput:
         pdq=sub.pdq,
         frames=sub.frames,
         categories=tuple(policy.categories),
+        frames_sample=frames,
     )
 
 

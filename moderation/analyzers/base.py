@@ -64,6 +64,7 @@ class AnalysisInput:
     pdq: str | None = None
     frames: int = 1
     categories: tuple[str, ...] = ()  # the policy's categories in scope
+    frames_sample: tuple[Image.Image, ...] = ()  # a few more frames of an animation (RGB)
 
 
 class Analyzer(ABC):

@@ -1,0 +1,199 @@
+"""The lite analyzer (CPU, offline): OCR, text-risk rules, meme layout and prompt injection.
+
+OCR is rapidocr 3.x (PP-OCR det/rec models shipped in its wheel, onnxruntime, one thread per
+process: two single-thread workers beat one two-thread worker on two cores). The text read from
+the image, plus the platform's caption, is scored per category by the rules in
+`policies/lite/lexicon.yaml` (English and Chinese). The analyzer is honest about what it cannot
+see: it covers only text categories (pictures of nudity, gore or weapons are for the VLM or the
+nudity extra), and it lowers its confidence where idioms or jokes overlap a risky phrase, so the
+policy escalates or sends to review instead of deciding. Text addressed to a model or a
+moderator sets `prompt_injection`, which the policy never allows automatically.
+
+Heavy imports (rapidocr, onnxruntime) happen in the constructor, never at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.settings import REPO_ROOT
+
+LEXICON = REPO_ROOT / "policies" / "lite" / "lexicon.yaml"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Rule:
+    category: str
+    pattern: re.Pattern[str]
+    score: float
+
+
+class Lexicon:
+    def __init__(self, path: Path = LEXICON) -> None:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        self.version = _digest(path)
+        self.rules = [
+            Rule(category, re.compile(r["pattern"], re.IGNORECASE), float(r["score"]))
+            for category, rules in data["categories"].items()
+            for r in rules
+        ]
+        self.benign = [re.compile(p, re.IGNORECASE) for p in data.get("benign", [])]
+        self.injection = [re.compile(p, re.IGNORECASE) for p in data.get("injection", [])]
+        self.categories = sorted({r.category for r in self.rules})
+
+    def score(self, text: str) -> tuple[dict[str, float], dict[str, str], bool]:
+        """(scores, the phrase behind each score, whether an idiom sits beside a risky phrase).
+
+        A risky phrase that is part of an idiom counts half."""
+        benign_spans = [m.span() for p in self.benign for m in p.finditer(text)]
+        scores: dict[str, float] = {}
+        why: dict[str, str] = {}
+        unsure = False
+        for rule in self.rules:
+            for m in rule.pattern.finditer(text):
+                score = rule.score
+                if benign_spans:  # figurative speech nearby: not sure enough to decide
+                    unsure = True
+                if any(a < m.end() and m.start() < b for a, b in benign_spans):
+                    score *= 0.5
+                if score > scores.get(rule.category, 0.0):
+                    scores[rule.category], why[rule.category] = score, f"text says {m.group(0)!r}"
+        return scores, why, unsure
+
+    def injected(self, text: str) -> str | None:
+        for p in self.injection:
+            m = p.search(text)
+            if m:
+                return m.group(0)
+        return None
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+class LiteAnalyzer(Analyzer):
+    name = "lite"
+    version = f"lite-1.{_digest(LEXICON)}"
+
+    def __init__(self, threads: int = 1, det_side: int = 512, max_frames: int = 3, lexicon: str | None = None) -> None:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from rapidocr import RapidOCR
+
+        self.lexicon = Lexicon(Path(lexicon) if lexicon else LEXICON)
+        self.max_frames = max_frames
+        self.det_side = det_side
+        self.ocr = RapidOCR(
+            params={
+                "Global.use_cls": False,  # memes and screenshots are upright; the classifier costs time
+                "Global.log_level": "warning",
+                "Det.limit_type": "max",  # cap the long side (the default upscales the short side)
+                "Det.limit_side_len": det_side,
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
+            }
+        )
+
+    # ------------------------------------------------------------ OCR
+
+    def read(self, image: Image.Image) -> tuple[list[tuple[str, float, tuple[float, float, float, float]]], bool]:
+        """(text, score, (x0, y0, x1, y1) relative box) per line, and whether every part was readable.
+
+        Long screenshots and thin strips are read in full, in overlapping tiles along the long
+        side (at most 40), so that their text is not shrunk away by the detector's size cap.
+        """
+        w, h = image.size
+        long_side, short_side = max(w, h), min(w, h)
+        tiles: list[tuple[int, Image.Image]] = []
+        if long_side <= 2 * short_side:
+            tiles.append((0, image))
+        else:
+            step = max(int(short_side * 1.5), -(-long_side // 40))
+            overlap = max(8, short_side // 10)
+            for start in range(0, long_side, step):
+                a, b = max(0, start - overlap), min(long_side, start + step)
+                tiles.append((a, image.crop((0, a, w, b)) if h >= w else image.crop((a, 0, b, h))))
+        lines = []
+        complete = True
+        for offset, tile in tiles:
+            try:
+                result: Any = self.ocr(np.asarray(tile.convert("RGB"))[:, :, ::-1].copy())  # BGR, as OpenCV reads
+            except Exception:  # e.g. a tile too thin for the detector: unread, and the finding says so
+                complete = False
+                continue
+            if result.txts is None:
+                continue
+            dx, dy = (0, offset) if h >= w else (offset, 0)
+            for text, score, box in zip(result.txts, result.scores, result.boxes, strict=False):
+                pts = np.asarray(box, dtype=float)
+                x0, y0 = (pts[:, 0].min() + dx) / w, (pts[:, 1].min() + dy) / h
+                x1, y1 = (pts[:, 0].max() + dx) / w, (pts[:, 1].max() + dy) / h
+                lines.append((str(text), float(score), (x0, y0, x1, y1)))
+        return lines, complete
+
+    # ------------------------------------------------------------ analysis
+
+    def analyze(self, item: AnalysisInput) -> Finding:
+        started = time.perf_counter()
+        frames = [item.image, *item.frames_sample[: max(0, self.max_frames - 1)]]
+        reads = [self.read(frame) for frame in frames]
+        lines = [line for found, _ in reads for line in found]
+        complete = all(ok for _, ok in reads)
+        readable = [ln for ln in lines if ln[1] >= 0.5]
+        ocr_text = " ".join(t for t, _, _ in readable)
+        text = normalise(f"{item.caption or ''} {ocr_text}")
+        scores, why, unsure = self.lexicon.score(text)
+        injected = self.lexicon.injected(text)
+        # Classic meme layout: caption-sized text in a band at the top and/or the bottom.
+        bands = [ln for ln in readable if (ln[2][3] - ln[2][1]) >= 0.035 and (ln[2][1] < 0.3 or ln[2][3] > 0.7)]
+        flags = {
+            "text_in_image": bool(readable),
+            "meme": bool(bands) and len(readable) <= 12,
+            "prompt_injection": injected is not None,
+        }
+        mean_ocr = float(np.mean([s for _, s, _ in readable])) if readable else 1.0
+        confidence = 0.9
+        if unsure:
+            confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
+        elif (readable and mean_ocr < 0.75) or not complete:
+            confidence = 0.55  # text read poorly, or part of the image could not be read
+        covered = [c for c in self.lexicon.categories if c in item.categories] if item.categories else None
+        rationale = dict(why)
+        if injected:
+            rationale["prompt_injection"] = f"text addressed to a model or moderator: {injected!r}"
+        return Finding(
+            analyzer=self.name,
+            version=self.version,
+            stage="lite",
+            scores={c: round(s, 3) for c, s in scores.items() if not covered or c in covered},
+            confidence=confidence,
+            covered=covered if covered is not None else self.lexicon.categories,
+            rationale=rationale,
+            flags=flags,
+            ocr_text=ocr_text or None,
+            model={
+                "id": "rapidocr+lexicon",
+                "version": self.version,
+                "prompt_version": self.lexicon.version,
+                "ms": f"{(time.perf_counter() - started) * 1000:.0f}",
+                "det_side": str(self.det_side),
+            },
+        )
