@@ -232,6 +232,11 @@ class BankIndex:
 # ---------------------------------------------------------------- administration
 
 
+def _audit(conn: Connection, tenant_id: str, actor: str, category: str | None, facts: dict[str, Any]) -> None:
+    event = audit.Event("bank_changed", actor=actor, automated=False, category=category, facts=facts)
+    audit.append(conn, tenant_id, [event])
+
+
 def _bank_row(conn: Connection, tenant_id: str, name: str) -> Any:
     row = conn.execute(select(banks).where(and_(banks.c.tenant_id == tenant_id, banks.c.name == name))).first()
     if row is None:
@@ -270,19 +275,7 @@ def create_bank(
         "created_at": utcnow(),
     }
     conn.execute(insert(banks), values)
-    audit.append(
-        conn,
-        tenant_id,
-        [
-            audit.Event(
-                "bank_changed",
-                actor=actor,
-                automated=False,
-                category=category,
-                facts={"op": "create", "bank": name, "kind": kind},
-            )
-        ],
-    )
+    _audit(conn, tenant_id, actor, category, {"op": "create", "bank": name, "kind": kind})
     return {k: v for k, v in values.items() if k != "tenant_id"}
 
 
@@ -334,26 +327,20 @@ def add_entries(
     if not rows:
         return []
     ids = [int(i) for i in conn.execute(insert(bank_entries).returning(bank_entries.c.id), rows).scalars()]
-    audit.append(
+    _audit(
         conn,
         tenant_id,
-        [
-            audit.Event(
-                "bank_changed",
-                actor=actor,
-                automated=False,
-                category=b.category,
-                facts={
-                    "op": "add",
-                    "bank": bank,
-                    "kind": b.kind,
-                    "entries": len(ids),
-                    "first_id": min(ids),
-                    "last_id": max(ids),
-                    "hashes": [r["pdq"] or r["sha256"] for r in rows[:20]],
-                },
-            )
-        ],
+        actor,
+        b.category,
+        {
+            "op": "add",
+            "bank": bank,
+            "kind": b.kind,
+            "entries": len(ids),
+            "first_id": min(ids),
+            "last_id": max(ids),
+            "hashes": [r["pdq"] or r["sha256"] for r in rows[:20]],
+        },
     )
     return ids
 
@@ -422,18 +409,12 @@ def remove_entry(conn: Connection, tenant_id: str, bank: str, entry_id: int, act
     ).first()
     if gone is None:
         raise ModerationError("NOT_FOUND", f"No entry {entry_id} in bank {bank!r}.")
-    audit.append(
+    _audit(
         conn,
         tenant_id,
-        [
-            audit.Event(
-                "bank_changed",
-                actor=actor,
-                automated=False,
-                category=b.category,
-                facts={"op": "remove", "bank": bank, "entry_id": entry_id, "pdq": gone.pdq, "sha256": gone.sha256},
-            )
-        ],
+        actor,
+        b.category,
+        {"op": "remove", "bank": bank, "entry_id": entry_id, "pdq": gone.pdq, "sha256": gone.sha256},
     )
 
 

@@ -296,6 +296,14 @@ def procs(service_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRe
             print(f"==== {p.log.name}\n{p.text()[-4000:]}")
 
 
+@pytest.fixture(scope="module")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """One real Celery worker on all CPU queues, shared by the tests of a module."""
+    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
+    yield ps.worker()
+    ps.stop_all()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     rep = yield

@@ -13,16 +13,9 @@ from sqlalchemy import text
 
 from moderation import audit
 from moderation.auth import create_key
-from tests.conftest import REPO, Procs, auth, picture, wait_until
+from tests.conftest import REPO, auth, picture, wait_until
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
-    yield ps.worker()
-    ps.stop_all()
 
 
 def tenant_with_events(ctx: Any, client: Any, tenant: str, n: int = 3) -> dict[str, str]:

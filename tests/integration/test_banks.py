@@ -12,16 +12,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, Procs, auth, picture, wait_until
+from tests.conftest import REPO, auth, picture, wait_until
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
-    yield ps.worker()
-    ps.stop_all()
 
 
 def decide(client: Any, key: str, data: bytes) -> dict[str, Any]:

@@ -12,17 +12,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from moderation.models import audit_events, decisions, review_tasks, submissions
-from tests.conftest import Procs, auth, picture, wait_until
+from tests.conftest import auth, picture, wait_until
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    ps = Procs(service_env, tmp_path_factory.mktemp("workers"))
-    w = ps.worker()
-    yield w
-    ps.stop_all()
 
 
 def submit(client: Any, key: str, data: bytes, **fields: str) -> dict[str, Any]:
