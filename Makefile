@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 $(BIN)/.dev: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e ".[dev,lite]"
+	$(BIN)/python -m pip install -q -e ".[dev,lite,nudenet]"
 	touch $@
 
 ## Run API (:8000), Celery worker, beat and Flower (:5555). No DATABASE_URL/REDIS_URL: SQLite + filesystem broker under var/.

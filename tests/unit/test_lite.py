@@ -39,7 +39,7 @@ def test_harmless_meme_scores_nothing(lite) -> None:
     f = run(lite, meme(template(2), "ME AFTER ONE GYM SESSION", "EXPECTING ABS"))
     assert "GYM SESSION" in (f.ocr_text or "") and max(f.scores.values(), default=0.0) < 0.3
     assert f.flags["meme"] and not f.flags["prompt_injection"]
-    assert "harassment" in f.covered and "nudity" not in f.covered  # it says what it cannot see
+    assert "harassment" in f.covered and "violence_gore" not in f.covered  # it says what it cannot see
 
 
 def test_text_addressed_to_the_moderator_is_injection(lite) -> None:
@@ -133,3 +133,30 @@ def test_lite_reports_its_embedding_model(lite) -> None:
     f = run(lite, Image.new("RGB", (300, 200)), caption="send me bitcoin and i will double it")
     assert f.model is not None and "MiniLM" in f.model["embeddings"]
     assert f.scores["scam_fraud"] >= 0.5
+
+
+def test_nudity_detector_mapping_and_coverage(lite) -> None:
+    from moderation.analyzers.lite import map_detections
+
+    classes = {"FEMALE_BREAST_EXPOSED": {"nudity": 0.95, "sexual": 0.5}, "FACE_FEMALE": {}}
+    scores, why = map_detections(
+        [
+            {"class": "FEMALE_BREAST_EXPOSED", "score": 0.8},
+            {"class": "FACE_FEMALE", "score": 0.99},
+            {"class": "FEMALE_BREAST_EXPOSED", "score": 0.2},
+        ],
+        classes,
+        0.35,
+    )
+    assert scores == {"nudity": 0.76, "sexual": 0.4} and "FEMALE_BREAST_EXPOSED" in why["nudity"]
+    # With the opt-in extra installed (as in `make test`), the real detector runs and nudity is covered.
+    assert lite.nudity is not None
+    f = run(lite, meme(template(9), "A PICTURE", "OF A LANDSCAPE"))
+    assert "nudity" in f.covered and "sexual" in f.covered and f.scores.get("nudity", 0.0) < 0.35
+    assert f.model is not None and f.model["nudity"].startswith("nudenet")
+
+
+def test_without_the_nudity_extra_the_finding_says_so() -> None:
+    lite = LiteAnalyzer(nudity=False, embeddings=False)
+    f = run(lite, Image.new("RGB", (200, 200)))
+    assert "nudity" not in f.covered and f.model is not None and f.model["nudity"] == "not installed"
