@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
@@ -166,17 +166,21 @@ def verify(conn: Connection, tenant_id: str, batch: int = 5000) -> VerifyResult:
 
     Checks: seq is contiguous from 1 (a deleted row breaks it), each prev_hash is the previous
     row_hash, each row_hash recomputes from prev_hash and body, the indexed columns agree with
-    the body, and the head records the last row (a deleted tail breaks it).
+    the body, and the head records the last row (a deleted tail breaks it). The head is read
+    first and the walk stops at it, so appends committed meanwhile are not mistaken for damage.
     """
-    expected_seq, prev, checked = 1, GENESIS, 0
-    for row in _walk(conn, tenant_id, batch):
-        reason = _check_row(row, expected_seq, prev)
-        if reason:
-            return VerifyResult(False, checked, {"seq": row.seq, "id": row.id, "reason": reason}, None)
-        checked += 1
-        expected_seq, prev = row.seq + 1, row.row_hash
     head = conn.execute(select(audit_heads).where(audit_heads.c.tenant_id == tenant_id)).first()
     head_json = {"seq": int(head.seq), "last_hash": head.last_hash} if head else None
+    until = int(head.seq) if head is not None else None
+    expected_seq, prev, checked = 1, GENESIS, 0
+    for row in _walk(conn, tenant_id, batch):
+        if until is not None and row.seq > until:
+            break
+        reason = _check_row(row, expected_seq, prev)
+        if reason:
+            return VerifyResult(False, checked, {"seq": row.seq, "id": row.id, "reason": reason}, head_json)
+        checked += 1
+        expected_seq, prev = row.seq + 1, row.row_hash
     last_seq = expected_seq - 1
     if (head is None and last_seq > 0) or (head is not None and (head.seq != last_seq or head.last_hash != prev)):
         return VerifyResult(
@@ -217,4 +221,10 @@ def _check_row(row: Any, expected_seq: int, prev: str) -> str | None:
     for col in _COLUMNS:
         if body.get(col) != getattr(row, col):
             return f"column {col} differs from the hashed body (row edited)"
+    if _utc(row.occurred_at) != _utc(datetime.fromisoformat(str(body.get("occurred_at")))):
+        return "column occurred_at differs from the hashed body (row edited)"
     return None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -51,6 +51,7 @@ class _TenantBank:
     checked_at: float = 0.0
     max_id: int = 0
     count: int = 0
+    newest: Any = None
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     index: PdqIndex = field(default_factory=lambda: PdqIndex(np.zeros((0, 4), dtype=np.uint64)))
     delta_ids: list[int] = field(default_factory=list)
@@ -100,10 +101,14 @@ class BankIndex:
 
     def _refresh(self, conn: Connection, tenant_id: str, bank: _TenantBank | None) -> _TenantBank:
         t = bank_entries.c
-        count, max_id = conn.execute(
-            select(func.count(), func.coalesce(func.max(t.id), 0)).where(t.tenant_id == tenant_id)
+        # The newest created_at is in the fingerprint: SQLite reuses a deleted row's id, so a
+        # remove-then-add could otherwise keep count and max(id) unchanged.
+        count, max_id, newest = conn.execute(
+            select(func.count(), func.coalesce(func.max(t.id), 0), func.max(t.created_at)).where(
+                t.tenant_id == tenant_id
+            )
         ).one()
-        if bank is not None and (count, max_id) == (bank.count, bank.max_id):
+        if bank is not None and (count, max_id, newest) == (bank.count, bank.max_id, bank.newest):
             return bank
         if bank is not None and max_id > bank.max_id:
             new = conn.execute(
@@ -111,11 +116,13 @@ class BankIndex:
             ).all()
             if bank.count + len(new) == count:  # additions only
                 self._add(bank, new)
-                bank.count, bank.max_id = count, max_id
+                bank.count, bank.max_id, bank.newest = count, max_id, newest
                 if len(bank.delta_ids) > DELTA_LIMIT:
                     self._fold(bank)
                 return bank
-        return self._load(conn, tenant_id)
+        fresh = self._load(conn, tenant_id)
+        fresh.newest = newest
+        return fresh
 
     def _load(self, conn: Connection, tenant_id: str) -> _TenantBank:
         t = bank_entries.c
@@ -124,8 +131,12 @@ class BankIndex:
         count = max_id = 0
         sha_ids: list[int] = []
         sha_keys: list[int] = []
-        result = conn.execution_options(yield_per=50_000).execute(
-            select(t.id, t.pdq, t.sha256).where(t.tenant_id == tenant_id).order_by(t.id)
+        # Statement-level option: Connection.execution_options() would change the caller's connection.
+        result = conn.execute(
+            select(t.id, t.pdq, t.sha256)
+            .where(t.tenant_id == tenant_id)
+            .order_by(t.id)
+            .execution_options(yield_per=50_000)
         )
         for row in result:
             count, max_id = count + 1, row.id
@@ -187,7 +198,7 @@ class BankIndex:
         found = self.candidates(tenant_id, sha256, pdq, conn)
         match: dict[str, Any] | None = None
         if found:
-            meta = self._entries(conn, [c[0] for c in found[:50]])
+            meta = self._entries(conn, tenant_id, [c[0] for c in found[:50]])
             ranked = sorted(
                 (c for c in found if c[0] in meta and not (c[2] == "sha256" and meta[c[0]]["sha256"] != sha256)),
                 key=lambda c: (c[1], meta[c[0]]["kind"] != "bad"),
@@ -218,9 +229,12 @@ class BankIndex:
             else {},
         )
 
-    def _entries(self, conn: Connection | None, ids: list[int]) -> dict[int, dict[str, Any]]:
+    def _entries(self, conn: Connection | None, tenant_id: str, ids: list[int]) -> dict[int, dict[str, Any]]:
         t = bank_entries.c
-        query = select(t.id, t.bank, t.kind, t.label, t.category, t.sha256).where(t.id.in_(ids))
+        # The tenant filter matters: an id cached a moment ago may belong to another tenant now.
+        query = select(t.id, t.bank, t.kind, t.label, t.category, t.sha256).where(
+            and_(t.tenant_id == tenant_id, t.id.in_(ids))
+        )
         if conn is None:
             with self.engine.connect() as own:
                 rows = own.execute(query).all()

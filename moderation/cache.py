@@ -90,11 +90,13 @@ class VerdictCache:
             return None
         try:
             raw = self.store.get(self.key(policy, sha256, caption))
-        except Exception:  # the cache is an optimisation: a broken cache is a miss
+            if raw is None:
+                return None
+            findings = [Finding.from_json(f) for f in json.loads(raw)]
+        except Exception:  # the cache is an optimisation: a broken or unreadable entry is a miss
             return None
-        if raw is None:
+        if any(f.problem() for f in findings):
             return None
-        findings = [Finding.from_json(f) for f in json.loads(raw)]
         for f in findings:
             f.cached = True
         return findings

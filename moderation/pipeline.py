@@ -325,17 +325,25 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
     Used by the `ingest` task (a batch of fresh submissions, or ones re-enqueued by the
     reconciler) and the `decide` task (after an analyzer stage). Safe to call any number of times.
 
-    The step is one transaction for the whole batch: the attempt counts, the bank lookups and,
-    where no analyzer stage is due, the decisions. Nothing here parses an image (hashes were
+    The attempt counts are committed first; then one transaction for the whole batch holds the
+    bank lookups and, where no analyzer stage is due, the decisions. Nothing here parses an image (hashes were
     computed at intake), so no input can crash the worker between counting and deciding;
     analyzer stages, which do parse it, commit their attempt count first (`analyze`).
     """
     ids = [submission_ids] if isinstance(submission_ids, str) else list(dict.fromkeys(submission_ids))
     routed: list[tuple[Any, Stage]] = []
     outcome: Counter[str] = Counter()
+    counted: list[Any] = []
+    if count_attempt:
+        # Its own commit, so that a batch that fails every time still uses up its attempts
+        # and ends dead-lettered rather than re-enqueued forever.
+        with ctx.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
+            counted = _count_attempts(conn, ids)
     with ctx.engine.begin() as conn:
         if count_attempt:
-            rows = _count_attempts(conn, ids)
+            rows = counted
         else:
             rows = [r for r in conn.execute(select(submissions).where(submissions.c.id.in_(ids))).all()]
         rows = [r for r in rows if r.status in ACTIVE]
@@ -475,6 +483,10 @@ def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage) -> Finding:
     except Exception as exc:  # fail closed: the error is the finding
         log.exception("analyzer %s failed on %s", stage.stage, sub.id)
         finding = Finding(stage.stage, "error", stage.stage, error=f"{type(exc).__name__}: {exc}")
+    if not isinstance(finding, Finding):
+        finding = Finding(stage.stage, "error", stage.stage, error=f"analyzer returned {type(finding).__name__}")
+    elif finding.error is None and (problem := finding.problem()):
+        finding = Finding(finding.analyzer, finding.version, stage.stage, error=f"malformed finding: {problem}")
     finding.stage = stage.stage
     log.info("stage=%s submission=%s ms=%.1f", stage.stage, sub.id, (time.perf_counter() - started) * 1000)
     return finding
@@ -534,7 +546,23 @@ def _upsert_ignore(conn: Connection, table: Any) -> Any:
 
 
 def decide_one(item: _Due) -> Decision:
-    """The automated decision for one submission (pure; fail-closed overrides applied)."""
+    """The automated decision for one submission; fails closed to review if it cannot be made."""
+    try:
+        return _decide_one(item)
+    except Exception as exc:  # stored findings that no longer evaluate: a human decides
+        log.exception("cannot evaluate %s", item.sub.id)
+        return Decision(
+            action="review",
+            categories={},
+            reasons=[{"code": "evaluation_error", "error": f"{type(exc).__name__}: {exc}"[:300]}],
+            policy_id=item.sub.policy_id,
+            policy_version=item.policy.version if item.policy else "unknown",
+            review_queue="default",
+            review_reason="evaluation_error",
+        )
+
+
+def _decide_one(item: _Due) -> Decision:
     sub, policy = item.sub, item.policy
     if policy is None:
         return Decision(

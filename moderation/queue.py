@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import ChannelError, KombuError
+from kombu.exceptions import ChannelError
 
 from moderation.settings import Settings
 
@@ -113,7 +113,7 @@ class Publisher:
     def send(self, task: str, args: list[Any], queue: str, priority: str = "normal") -> bool:
         try:
             self.app.send_task(task, args=args, queue=queue, priority=PRIORITY.get(priority, 3))
-        except (KombuError, OSError) as exc:
+        except Exception as exc:  # any broker fault (kombu passes some Redis errors through unwrapped)
             log.warning("publish of %s%s to %s failed (reconciler will retry): %s", task, args, queue, exc)
             return False
         return True
@@ -167,7 +167,7 @@ class IngestBatcher:
         priority = priority if priority in PRIORITY else "normal"
         now = time.monotonic()
         with self._cond:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ingest-batcher", daemon=True)
                 self._thread.start()
             self._arrivals.append(now)
@@ -202,7 +202,10 @@ class IngestBatcher:
                     timeout = None if oldest is None else max(0.0, oldest + self.linger_s - time.monotonic())
                     self._cond.wait(timeout)
             for priority, ids in due:
-                self.publisher.ingest(ids, priority)
+                try:
+                    self.publisher.ingest(ids, priority)
+                except Exception:  # never let the sender die: the reconciler re-enqueues these rows
+                    log.exception("ingest publish of %d ids failed", len(ids))
             if self._closed and not due:
                 return
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task
 from kombu.exceptions import KombuError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moderation import pipeline
 from moderation.analyzers.base import TransientAnalyzerError
@@ -22,7 +22,9 @@ from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONC
 from workers.app import app, context
 
 log = logging.getLogger("workers.tasks")
-TRANSIENT = (OperationalError, DBAPIError, KombuError, OSError, TransientAnalyzerError)
+# Only faults outside the data retry: a DataError or IntegrityError would fail the same way again
+# (the attempt budget and the reconciler then bound it, ending in review).
+TRANSIENT = (OperationalError, InterfaceError, KombuError, OSError, TransientAnalyzerError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 8}
 
 

@@ -48,6 +48,31 @@ class Finding:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    def problem(self) -> str | None:
+        """Why this finding cannot be trusted as data (None: it can). Anything an analyzer returns
+        passes here before the policy sees it, so a NaN or a string never turns into `allow`."""
+        import math
+
+        if not isinstance(self.scores, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and 0.0 <= v <= 1.0
+            for k, v in self.scores.items()
+        ):
+            return f"scores must map categories to numbers in [0, 1], got {self.scores!r:.200}"
+        c = self.confidence
+        if not (isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) and 0.0 <= c <= 1.0):
+            return f"confidence must be a number in [0, 1], got {c!r:.50}"
+        if not isinstance(self.flags, dict) or not all(isinstance(v, bool) for v in self.flags.values()):
+            return "flags must map names to booleans"
+        if self.covered is not None and not (
+            isinstance(self.covered, list) and all(isinstance(x, str) for x in self.covered)
+        ):
+            return "covered must be a list of category names"
+        return None
+
     @property
     def coverage(self) -> set[str]:
         return set(self.covered) if self.covered is not None else set(self.scores)
