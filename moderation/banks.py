@@ -29,6 +29,7 @@ from moderation.errors import ModerationError
 from moderation.hashindex import PdqIndex, brute_force, pdq_to_words
 from moderation.images import Limits, inspect_image
 from moderation.models import bank_entries, banks, utcnow
+from moderation.text import check_text
 
 ANALYZER = "banks"
 VERSION = "pdq-2"
@@ -39,7 +40,7 @@ DEFAULT_MAX_DISTANCE = 31
 DEFAULT_DECISIVE_DISTANCE = 10
 DELTA_LIMIT = 20_000
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _sha_key(sha256: str) -> int:
@@ -269,7 +270,8 @@ def create_bank(
 ) -> dict[str, Any]:
     from moderation.policy import TAXONOMY
 
-    if not _NAME.match(name):
+    check_text("description", description, 2000)
+    if not _NAME.fullmatch(name):
         raise ModerationError("INVALID_REQUEST", "A bank name is 1-64 letters, digits, '_', '-' or '.'.", field="name")
     if kind not in ("bad", "good"):
         raise ModerationError("INVALID_REQUEST", "kind is 'bad' or 'good'.", field="kind")
@@ -323,6 +325,10 @@ def add_entries(
 ) -> list[int]:
     """Insert entries ({pdq?, phash?, sha256?, label?}) into a bank; returns their ids."""
     b = _bank_row(conn, tenant_id, bank)
+    for e in entries:
+        check_text("label", e.get("label"), 200)
+        if e.get("phash") is not None and not re.fullmatch(r"[0-9a-f]{16}", str(e["phash"])):
+            raise ModerationError("INVALID_REQUEST", f"{e['phash']!r:.40} is not a 64-bit pHash in hex.")
     now = utcnow()
     rows = [
         {
@@ -386,7 +392,11 @@ def parse_hash_list(text: str) -> list[dict[str, Any]]:
     header = first if "pdq" in first or "sha256" in first else None
     reader = csv.reader(lines[1:] if header else lines, dialect=dialect)
     out: list[dict[str, Any]] = []
-    for n, cells in enumerate(reader, start=2 if header else 1):
+    try:
+        rows = list(enumerate(reader, start=2 if header else 1))
+    except csv.Error as exc:
+        raise ModerationError("INVALID_REQUEST", f"The hash list is not valid CSV/TSV: {exc}") from exc
+    for n, cells in rows:
         cols: dict[str, str] = (
             dict(zip(header, cells, strict=False)) if header else dict(zip(("pdq", "label"), cells, strict=False))
         )

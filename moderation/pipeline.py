@@ -37,8 +37,20 @@ from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, sample_frames, to_rgb
 from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
 from moderation.policy import Decision, Policy, Stage, evaluate, load_policies, qa_draw
-from moderation.queue import Q_CALLBACKS, Q_DECIDE, Q_INGEST, T_ANALYZE, T_CALLBACK, T_DECIDE, IngestBatcher, Publisher
+from moderation.queue import (
+    Q_CALLBACKS,
+    Q_CPU,
+    Q_DECIDE,
+    Q_GPU,
+    Q_INGEST,
+    T_ANALYZE,
+    T_CALLBACK,
+    T_DECIDE,
+    IngestBatcher,
+    Publisher,
+)
 from moderation.settings import Settings
+from moderation.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +143,7 @@ class SubmissionRequest:
     source: str = "http"
 
 
-_URL = re.compile(r"^https?://[^\s]+$")
+_URL = re.compile(r"https?://[^\s]+")
 
 
 def _check_fields(ctx: Context, req: SubmissionRequest) -> str:
@@ -146,10 +158,10 @@ def _check_fields(ctx: Context, req: SubmissionRequest) -> str:
         ("uploader_id", req.uploader_id, 256),
         ("caption", req.caption, 10_000),
         ("callback_url", req.callback_url, 2_000),
+        ("policy", req.policy, 64),
     ):
-        if value is not None and len(value) > limit:
-            raise bad(f"{name} is longer than {limit} characters.", field=name)
-    if req.callback_url and not _URL.match(req.callback_url):
+        check_text(name, value, limit)
+    if req.callback_url and not _URL.fullmatch(req.callback_url):
         raise bad("callback_url must be an http(s) URL.", field="callback_url")
     policy_id = req.policy or req.default_policy or ctx.settings.default_policy
     if policy_id not in ctx.policies:
@@ -400,6 +412,12 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
     return ",".join(f"{k}={v}" for k, v in sorted(outcome.items()) if v)
 
 
+def _utc(value: Any) -> Any:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _analyzed(policy: Policy, found: list[Finding]) -> bool:
     """Whether any analyzer stage of the policy has a finding already."""
     names = {s.stage for s in policy.analyzer_stages}
@@ -443,6 +461,11 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
             finalize_many(ctx, conn, [_Due(sub, policy, found, [], [event], reason="exhausted_retries")])
         return "dead_lettered"
     stage = policy.stage(stage_name)
+    with ctx.engine.connect() as conn:
+        done = _stored_findings(conn, [sub.id])[sub.id]
+    if any(f.stage == stage_name for f in done):  # a redelivery: the model already ran
+        ctx.publisher.send(T_DECIDE, [sub.id], Q_DECIDE, sub.priority)
+        return "already_analyzed"
     finding = run_stage(ctx, sub, policy, stage)
     with ctx.engine.begin() as conn:
         if _insert_findings(conn, [(sub.id, finding)]):
@@ -816,8 +839,11 @@ def reconcile(ctx: Context) -> dict[str, int]:
         ).all()
     if not stale:
         return {"stale": 0, "requeued": 0}
-    depth = ctx.publisher.queue_depth(Q_INGEST)
-    due = [r for r in stale if depth == 0 or r.updated_at.replace(tzinfo=None) < hard_cutoff.replace(tzinfo=None)]
+    # Anything still waiting in a queue (a long analyzer backlog) is not lost: only re-enqueue when
+    # every pipeline queue is empty, or past the hard limit.
+    depths = [ctx.publisher.queue_depth(q) for q in (Q_INGEST, Q_DECIDE, Q_CPU, Q_GPU)]
+    depth = None if any(d is None for d in depths) else sum(d for d in depths if d is not None)
+    due = [r for r in stale if depth == 0 or _utc(r.updated_at) < hard_cutoff]
     if not due:
         return {"stale": len(stale), "requeued": 0}
     ids = [r.id for r in due]
@@ -833,7 +859,7 @@ def reconcile(ctx: Context) -> dict[str, int]:
     for priority, pids in by_priority.items():
         for k in range(0, len(pids), ctx.settings.ingest_batch_max):
             ctx.publisher.ingest(pids[k : k + ctx.settings.ingest_batch_max], priority)
-    log.warning("reconciler re-enqueued %d stale submissions (ingest queue depth %s)", len(due), depth)
+    log.warning("reconciler re-enqueued %d stale submissions (pipeline queue depth %s)", len(due), depth)
     return {"stale": len(stale), "requeued": len(due)}
 
 
@@ -908,10 +934,13 @@ def submit_message(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
             data = ctx.blobs.get(str(message["blob_sha256"]))
         else:
             raise ModerationError("INVALID_MESSAGE", "Give the image as image_b64 or blob_sha256.")
+        for name in ("caption", "uploader_id", "callback_url", "priority", "policy"):
+            if message.get(name) is not None and not isinstance(message.get(name), str):
+                raise ModerationError("INVALID_MESSAGE", f"{name} must be a string.")
         req = SubmissionRequest(
             tenant_id=principal.tenant_id,
             actor=principal.key_id,
-            default_policy=None,
+            default_policy=principal.default_policy,
             external_id=external_id,
             caption=message.get("caption"),
             uploader_id=message.get("uploader_id"),

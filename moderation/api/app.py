@@ -6,17 +6,18 @@ Errors of every kind leave through `_error_response` as `{"error": {"code", "mes
 from __future__ import annotations
 
 import logging
+import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import and_, func, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from moderation.errors import CATALOGUE, ModerationError
 from moderation.models import audit_events, dead_letters, review_tasks, submissions, utcnow
 from moderation.pipeline import Context, SubmissionRequest, accept, view
 from moderation.settings import Settings
+from moderation.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +134,18 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
             metrics.SUBMISSIONS.labels("rejected", code).inc()
         return _error_response(code, str(exc.detail), exc.status_code)
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: Exception) -> JSONResponse:
-        log.error("database unavailable: %s", exc)
-        return _error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
+        # Only a database that cannot be reached is worth a retry; the rest is about the request.
+        if isinstance(exc, OperationalError | InterfaceError) or getattr(exc, "connection_invalidated", False):
+            log.error("database unavailable: %s", exc)
+            return _error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
+        if isinstance(exc, IntegrityError):
+            return _error_response("CONFLICT", "The resource exists already or was changed concurrently.", 409)
+        if isinstance(exc, DataError):
+            return _error_response("INVALID_REQUEST", "A value does not fit its field.", 422)
+        log.exception("database error")
+        return _error_response("INTERNAL", "Unexpected server error.", 500)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -187,6 +196,8 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     def get_submission(submission_id: str, who: Auth) -> dict[str, Any]:
         """Status and decision (`decision` is null until decided; a human decision supersedes the automated one)."""
         who.require("submitter", "moderator", "auditor", "admin")
+        if not re.fullmatch(r"[0-9a-f]{32}", submission_id):
+            raise ModerationError("NOT_FOUND", f"No submission {submission_id[:64]!r}.")
         return view(ctx, who.tenant_id, submission_id)
 
     @app.get("/v1/audit/events", tags=["audit"])
@@ -198,11 +209,13 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         action: str | None = None,
         category: str | None = None,
         automated: bool | None = None,
-        after_seq: Annotated[int, Query(ge=0)] = 0,
+        after_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Audit events of the caller's tenant in chain order; page with `after_seq`."""
         who.require("auditor")
+        for name, value in (("submission_id", submission_id), ("action", action), ("category", category)):
+            check_text(name, value, 64)
         t = audit_events.c
         conds = [t.tenant_id == who.tenant_id, t.seq > after_seq]
         if submission_id:
@@ -285,7 +298,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     def bank_entries_list(
         name: str,
         who: Auth,
-        after_id: Annotated[int, Query(ge=0)] = 0,
+        after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         who.require("admin")
@@ -293,7 +306,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
             return {"entries": banks.list_entries(conn, who.tenant_id, name, after_id, limit)}
 
     @app.delete("/v1/banks/{name}/entries/{entry_id}", status_code=204, tags=["banks"])
-    def bank_remove_entry(name: str, entry_id: int, who: Auth) -> Response:
+    def bank_remove_entry(name: str, entry_id: Annotated[int, Path(ge=0, le=2**62)], who: Auth) -> Response:
         who.require("admin")
         with ctx.engine.begin() as conn:
             banks.remove_entry(conn, who.tenant_id, name, entry_id, who.key_id)
@@ -352,7 +365,8 @@ def _refresh_gauges(ctx: Context) -> None:
         metrics.BY_STATUS.labels(status).set(counts.get(status, 0))
     age = 0.0
     if oldest is not None:
-        age = (utcnow().replace(tzinfo=None) - oldest.replace(tzinfo=None)).total_seconds()
+        stamp = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+        age = (utcnow() - stamp).total_seconds()
     metrics.OLDEST_ACTIVE.set(max(age, 0.0))
     metrics.OPEN_REVIEW.set(open_tasks or 0)
     metrics.DEAD_LETTERS.set(dead or 0)

@@ -131,3 +131,43 @@ def test_odd_modes_are_accepted(client, keys, make) -> None:
         data={"policy": "hash-only"},
     )
     assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("post", "/v1/submissions", {"data": {"caption": "hello\x00world"}}, 422, "INVALID_REQUEST"),
+        ("post", "/v1/submissions", {"data": {"external_id": "a\x01b"}}, 422, "INVALID_REQUEST"),
+        ("post", "/v1/submissions", {"data": {"callback_url": "http://x/\n"}}, 422, "INVALID_REQUEST"),
+        ("get", "/v1/submissions/%00", {}, 404, "NOT_FOUND"),
+        ("get", "/v1/audit/events?after_seq=100000000000000000000", {"auditor": True}, 422, "INVALID_REQUEST"),
+        ("get", "/v1/audit/events?action=%00", {"auditor": True}, 422, "INVALID_REQUEST"),
+    ],
+    ids=["nul-caption", "control-external-id", "newline-url", "nul-path", "huge-int", "nul-query"],
+)
+def test_hostile_text_is_a_4xx_not_a_500(client, keys, method, path, kwargs, status, code) -> None:
+    headers = auth(keys["auditor" if kwargs.pop("auditor", False) else "submitter"])
+    if method == "post":
+        kwargs["files"] = {"file": ("a.jpg", picture(9))}
+    r = getattr(client, method)(path, headers=headers, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_bank_admin_rejects_bad_values(client, keys) -> None:
+    admin = auth(keys["admin"])
+    assert client.post("/v1/banks", headers=admin, json={"name": "ok-bank\n", "kind": "bad"}).status_code == 422
+    client.post("/v1/banks", headers=admin, json={"name": "val-bank", "kind": "bad"})
+    long_label = client.post(
+        "/v1/banks/val-bank/images", headers=admin, files=[("files", ("a.jpg", picture(10)))], data={"label": "x" * 300}
+    )
+    assert long_label.status_code == 422
+    huge_field = b"pdq,label\n" + b"0" * 64 + b',"' + b"y" * 200_000 + b'"\n'
+    r = client.post("/v1/banks/val-bank/hashes", headers=admin, files={"file": ("l.csv", huge_field)})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "INVALID_REQUEST"
+    bad_phash = client.post(
+        "/v1/banks/val-bank/hashes", headers=admin, files={"file": ("l.csv", b"pdq,phash\n" + b"0" * 64 + b",zz\n")}
+    )
+    assert bad_phash.status_code == 422
+    r = client.delete("/v1/banks/val-bank/entries/100000000000000000000", headers=admin)
+    assert r.status_code == 422

@@ -106,6 +106,7 @@ def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys
         ("harassment=0.6", "in_review", "review", "threshold"),
         ("child_safety=0.5", "in_review", "escalate", "threshold"),
         ("fail", "in_review", "review", "analyzer_error"),
+        ("hate=nan", "in_review", "review", "analyzer_error"),  # malformed model output fails closed
         ("inject", "in_review", "review", "prompt_injection"),
         ("spam=0.99;conf=0.2", "in_review", "review", "low_confidence"),
     ],

@@ -90,7 +90,7 @@ def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_c
     procs.beat()
     wait_until(lambda: all_final(ctx, ids), 120, what="all decided after the queue was lost")
     # Recovered at once because the broker said its queue was empty, not by the hard time limit.
-    assert "ingest queue depth 0" in worker.text()
+    assert "pipeline queue depth 0" in worker.text()
     assert_exactly_one_automated_decision(ctx, ids)
     assert set(statuses(ctx, ids).values()) == {"decided"}
     chain_ok(client, keys)

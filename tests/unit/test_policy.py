@@ -801,3 +801,25 @@ def test_near_good_match_does_not_allow_by_itself():
         with_near = evaluate(POLICY, [near("good"), model(scores)])
         assert with_near.action == evaluate(POLICY, [model(scores)]).action
         assert not any(r["code"] == "bank_match" for r in with_near.reasons)
+
+
+@pytest.mark.parametrize(
+    "finding",
+    [
+        Finding("m", "1", "m", scores={"hate": float("nan")}),
+        Finding("m", "1", "m", scores={"hate": 1.5}),
+        Finding("m", "1", "m", scores={"hate": -0.1}),
+        Finding("m", "1", "m", scores={"hate": None}),  # type: ignore[dict-item]
+        Finding("m", "1", "m", scores={"hate": "0.9"}),  # type: ignore[dict-item]
+        Finding("m", "1", "m", confidence=float("nan")),
+        Finding("m", "1", "m", flags=None),  # type: ignore[arg-type]
+        Finding("m", "1", "m", covered="hate"),  # type: ignore[arg-type]
+    ],
+    ids=["nan", "above-1", "negative", "none", "string", "nan-confidence", "flags-none", "covered-str"],
+)
+def test_malformed_findings_are_caught(finding):
+    assert finding.problem() is not None
+
+
+def test_wellformed_finding_passes():
+    assert model({"hate": 0.2}).problem() is None
