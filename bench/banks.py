@@ -26,11 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=1_000_000)
@@ -40,12 +35,10 @@ def main() -> None:
 
     import psycopg2
 
+    from bench.common import fresh_database, pct
+
     dbname = args.database.rsplit("/", 1)[1]
-    admin = psycopg2.connect(args.database.rsplit("/", 1)[0] + "/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {dbname}")
-        cur.execute(f"CREATE DATABASE {dbname}")
+    admin = fresh_database(args.database)
     os.environ["DATABASE_URL"] = args.database
     from moderation.banks import BankIndex, create_bank
     from moderation.db import make_engine

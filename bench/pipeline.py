@@ -40,6 +40,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import fresh_database, pct  # noqa: E402
+
 # ---------------------------------------------------------------- images
 
 
@@ -311,13 +313,6 @@ def log_file(path: Path) -> Any:
     return handle
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -338,7 +333,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
-    import psycopg2
     import redis
 
     var = REPO / "var" / "bench"
@@ -351,12 +345,7 @@ def main() -> None:
     sizes = [p.stat().st_size for p in images[:200]]
     print(f"images: {len(images)} distinct 1080x1080 JPEGs, {min(sizes) // 1000}-{max(sizes) // 1000} KB")
 
-    dbname = args.database.rsplit("/", 1)[1]
-    admin = psycopg2.connect(args.database.rsplit("/", 1)[0] + "/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {dbname}")
-        cur.execute(f"CREATE DATABASE {dbname}")
+    fresh_database(args.database).close()
     redis.Redis.from_url(args.redis).flushdb()
 
     env = {

@@ -1,0 +1,27 @@
+"""Helpers the benchmarks share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fresh_database(url: str) -> Any:
+    """Drop and recreate the PostgreSQL database named in `url`; returns an autocommit admin
+    connection (to the `postgres` database) for the caller to drop it again afterwards."""
+    import psycopg2
+
+    dbname = url.rsplit("/", 1)[1]
+    admin = psycopg2.connect(url.rsplit("/", 1)[0] + "/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {dbname}")
+        cur.execute(f"CREATE DATABASE {dbname}")
+    return admin
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank); NaN for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
