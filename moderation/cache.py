@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from moderation.analyzers.base import Finding, analyzer_class
 from moderation.policy import Policy
+from moderation.settings import Settings
 
 PREFIX = "moderation:verdict:"
 
@@ -65,8 +66,9 @@ class RedisStore:
 
 
 class VerdictCache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
+        self.settings = settings or Settings()
         self._signatures: dict[str, str] = {}
 
     def signature(self, policy: Policy) -> str:
@@ -77,7 +79,7 @@ class VerdictCache:
                 assert stage.analyzer is not None
                 cls = analyzer_class(stage.analyzer)
                 options = json.dumps(stage.options, sort_keys=True)
-                parts.append(f"{stage.stage}={stage.analyzer}@{cls.version}:{options}")
+                parts.append(f"{stage.stage}={stage.analyzer}@{cls.identity(stage.options, self.settings)}:{options}")
             self._signatures[policy.version] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
         return self._signatures[policy.version]
 

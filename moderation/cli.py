@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moderation.queue import CPU_QUEUES
+from moderation.queue import CPU_QUEUES, Q_GPU
 from moderation.settings import Settings
 
 app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=True, add_completion=False)
@@ -90,34 +90,98 @@ def api(
     )
 
 
+def _celery_worker_argv(queues: str, concurrency: int, pool: str, name: str | None, loglevel: str) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-c", str(concurrency)]
+    argv += ["-P", pool, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    return argv + (["-n", name] if name else [])
+
+
+def visible_gpus() -> list[str]:
+    """Indices of the NVIDIA GPUs on this machine (nvidia-smi; no CUDA context is created here,
+    so the parent of the GPU workers never holds one)."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip().isdigit()] if done.returncode == 0 else []
+
+
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues")] = ALL_QUEUES,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 2,
-    pool: str = "prefork",
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+    pool: str | None = None,
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
     loglevel: str = "info",
+    gpus: Annotated[
+        str | None, typer.Option(help="VLM workers: 'all' or GPU indices '0,1' (one process per GPU, analyze.gpu)")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="VLM worker on this device instead of GPUs: 'cpu' (development)")
+    ] = None,
 ) -> None:
-    """Run a Celery worker on the given queues."""
-    argv = [
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        str(concurrency),
-        "-P",
-        pool,
-        "--loglevel",
-        loglevel,
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if name:
-        argv += ["-n", name]
-    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+    """Run a Celery worker. Without options: the CPU queues (ingest, lite analyzers, decide, ...).
+
+    --gpus starts one worker process per GPU (CUDA_VISIBLE_DEVICES=i, named gpu<i>@host) on the
+    `analyze.gpu` queue, each with a thread pool feeding its micro-batcher. --device cpu runs one
+    such worker on the CPU."""
+    s = _settings()
+    if gpus is not None and device is not None:
+        err.print("[red]--gpus and --device exclude each other[/]")
+        raise typer.Exit(2)
+    if gpus is None and device is None:
+        argv = _celery_worker_argv(queues or ALL_QUEUES, concurrency or 2, pool or "prefork", name, loglevel)
+        os.execvp(argv[0], argv)
+    # A VLM worker: threads keep several tasks in flight for the micro-batcher; the model is
+    # loaded once in the worker process before it consumes (workers.app warm-up).
+    threads = concurrency or 2 * s.vlm_batch_max
+    vlm_queues = queues or Q_GPU
+    env = {**os.environ, "MODERATION_VLM": "1"}
+    if device is not None:
+        if device != "cpu" and not device.startswith("cuda"):
+            err.print(f"[red]--device {device!r}: use cpu (or cuda, cuda:N)[/]")
+            raise typer.Exit(2)
+        env["MODERATION_VLM_DEVICE"] = device
+        argv = _celery_worker_argv(vlm_queues, threads, pool or "threads", name or f"{device}-vlm@%h", loglevel)
+        os.execvpe(argv[0], argv, env)
+    assert gpus is not None
+    present = visible_gpus()
+    wanted = present if gpus == "all" else [g.strip() for g in gpus.split(",") if g.strip()]
+    if not present:
+        err.print(
+            f"[red]--gpus {gpus}: no NVIDIA GPU is visible on this machine (nvidia-smi found none).[/] "
+            "Run the VLM stage on the CPU for development with `moderation worker --device cpu`, "
+            "or point it at a vLLM server (MODERATION_VLM_ENGINE=openai, MODERATION_VLM_BASE_URL).",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    missing = [g for g in wanted if g not in present]
+    if missing or not wanted:
+        err.print(f"[red]--gpus {gpus}: GPU(s) {missing or gpus} not present; this machine has {', '.join(present)}[/]")
+        raise typer.Exit(2)
+    procs: list[subprocess.Popen[bytes]] = []
+    for g in wanted:
+        argv = _celery_worker_argv(vlm_queues, threads, pool or "threads", f"gpu{g}@%h", loglevel)
+        gpu_env = {**env, "CUDA_VISIBLE_DEVICES": g, "MODERATION_VLM_DEVICE": "cuda"}
+        procs.append(subprocess.Popen(argv, env=gpu_env))
+        err.print(f"started gpu{g} (pid {procs[-1].pid})")
+
+    def stop(*_: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # One GPU worker exiting takes the group down: the supervisor (systemd, Kubernetes, compose)
+    # restarts it whole, rather than this process hiding a crash loop.
+    while all(p.poll() is None for p in procs):
+        time.sleep(1)
+    stop()
+    codes = [p.wait() for p in procs]
+    raise typer.Exit(next((c for c in codes if c), 0))
 
 
 @app.command()

@@ -12,12 +12,15 @@ shims that call them. Invariants:
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import re
 import secrets
+import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,7 +30,14 @@ from sqlalchemy import Connection, Engine, and_, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from moderation import audit
-from moderation.analyzers.base import AnalysisInput, Analyzer, Finding, TransientAnalyzerError, load_analyzer
+from moderation.analyzers.base import (
+    AnalysisInput,
+    Analyzer,
+    Finding,
+    TransientAnalyzerError,
+    analyzer_class,
+    load_analyzer,
+)
 from moderation.auth import KeyCache, Principal
 from moderation.banks import BankIndex
 from moderation.blobs import BlobStore
@@ -36,7 +46,7 @@ from moderation.db import make_engine
 from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, sample_frames, to_rgb
 from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
-from moderation.policy import Decision, Policy, Stage, evaluate, load_policies, qa_draw
+from moderation.policy import BUILTIN_STAGES, Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import (
     Q_CALLBACKS,
     Q_CPU,
@@ -59,6 +69,9 @@ PRIORITIES = ("high", "normal", "low")
 AUTOMATED = "automated"
 
 
+_ANALYZER_LOCK = threading.Lock()
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -77,7 +90,7 @@ class Context:
     def verdicts(self) -> VerdictCache:
         if self._verdicts is None:
             store = RedisStore(self.settings.redis_url) if self.settings.redis_url else LocalStore()
-            self._verdicts = VerdictCache(store)
+            self._verdicts = VerdictCache(store, self.settings)
         return self._verdicts
 
     @property
@@ -103,7 +116,7 @@ class Context:
             engine=engine,
             blobs=BlobStore(settings.blobs, fsync=settings.blob_fsync),
             publisher=publisher or Publisher(settings),
-            policies=load_policies(settings.policies_dir),
+            policies=load_policies(settings.policies_dir, settings.features),
             banks=BankIndex(
                 engine, settings.bank_cache_ttl_s, settings.bank_max_distance, settings.bank_decisive_distance
             ),
@@ -117,11 +130,31 @@ class Context:
         )
 
     def analyzer(self, stage: Stage) -> Analyzer:
+        """The stage's analyzer, built once per process (a model loads once, shared by the
+        policies whose stages have the same analyzer and options). Thread-safe."""
         assert stage.analyzer is not None
         key = f"{stage.analyzer}|{sorted(stage.options.items())}"
         if key not in self._analyzers:
-            self._analyzers[key] = load_analyzer(stage.analyzer, stage.options)
+            with _ANALYZER_LOCK:
+                if key not in self._analyzers:
+                    options = dict(stage.options)
+                    if "settings" in inspect.signature(analyzer_class(stage.analyzer)).parameters:
+                        options["settings"] = self.settings
+                    self._analyzers[key] = load_analyzer(stage.analyzer, options)
         return self._analyzers[key]
+
+    def warm_up(self, queues: Iterable[str]) -> list[str]:
+        """Load (and warm) every analyzer that a worker consuming `queues` will run, before it
+        takes its first task. Returns the stages warmed."""
+        warmed: list[str] = []
+        wanted = set(queues)
+        for policy in self.policies.values():
+            for stage in policy.analyzer_stages:
+                if stage.queue in wanted:
+                    analyzer = self.analyzer(stage)
+                    analyzer.warmup()
+                    warmed.append(f"{policy.id}:{stage.stage}")
+        return warmed
 
 
 # ---------------------------------------------------------------- accept
@@ -435,12 +468,39 @@ def next_stage(policy: Policy, found: list[Finding], submission_id: str) -> Stag
     for stage in policy.analyzer_stages:
         if stage.stage in done:
             continue
-        if stage.run == "always":
-            return stage
-        interim = evaluate(policy, found, qa_draw(submission_id))
-        if interim.action in ("review", "escalate") and interim.review_reason != "analyzer_error":
+        if stage.run == "always" or escalates(policy, stage, found):
             return stage
     return None
+
+
+def escalates(policy: Policy, stage: Stage, found: list[Finding]) -> bool:
+    """Whether any of the stage's `when` conditions holds on the findings so far.
+
+    An analyzer error never escalates: the decision fails closed to review on it anyway, and a
+    broken image would only fail again, on a GPU."""
+    ok = [f for f in found if f.error is None]
+    if len(ok) < len(found):
+        return False
+    conditions = stage.conditions
+    if conditions & {"unsure", "risk"}:
+        interim = evaluate(policy, found)  # without the QA draw: a QA sample goes to people, not to a GPU
+        if "unsure" in conditions and interim.action in ("review", "escalate"):
+            return True
+        if "risk" in conditions and interim.action != "allow":
+            return True
+    flags = {k for f in ok for k, v in f.flags.items() if v}
+    if "text" in conditions and ("text_in_image" in flags or any(f.ocr_text for f in ok)):
+        return True
+    if "meme" in conditions and "meme" in flags:
+        return True
+    if "injection" in conditions and "prompt_injection" in flags:
+        return True
+    if "uncovered" in conditions:
+        analyzed = [f for f in ok if f.stage not in BUILTIN_STAGES]
+        seen = set().union(*(f.coverage for f in analyzed)) if analyzed else set()
+        if set(policy.categories) - seen:
+            return True
+    return False
 
 
 def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:

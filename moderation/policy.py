@@ -97,18 +97,36 @@ class CategoryRule(_Strict):
         return self
 
 
+# Escalation conditions of a stage with `run: when` (any one holds => the stage runs):
+#   unsure     the decision so far would go to a human (a score in the review band, low confidence)
+#   risk       the decision so far is anything but allow (let the next stage confirm a block)
+#   text       an earlier stage read text in the image
+#   meme       an earlier stage saw a meme layout (caption bands over a picture)
+#   injection  an earlier stage flagged text addressed to a model or a moderator
+#   uncovered  a category of the policy that no earlier stage could see (e.g. nudity for OCR)
+Condition = Literal["unsure", "risk", "text", "meme", "injection", "uncovered"]
+
+
 class Stage(_Strict):
     stage: str
     analyzer: str | None = None  # dotted path package.module:Class; built-in stages have none
     queue: str = "analyze.cpu"
-    run: Literal["always", "if_unsure"] = "always"
+    run: Literal["always", "if_unsure", "when"] = "always"  # if_unsure == when: [unsure]
+    when: list[Condition] = Field(default_factory=list)
+    requires: str | None = None  # a deployment feature (Settings: `vlm`); without it the stage is left out
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known(self) -> Stage:
         if self.analyzer is None and self.stage not in BUILTIN_STAGES:
             raise ValueError(f"stage {self.stage!r} needs an analyzer (built-in: {', '.join(BUILTIN_STAGES)})")
+        if (self.run == "when") != bool(self.when):
+            raise ValueError("`when` conditions go with `run: when` (and `run: when` needs at least one)")
         return self
+
+    @property
+    def conditions(self) -> frozenset[str]:
+        return frozenset(["unsure"]) if self.run == "if_unsure" else frozenset(self.when)
 
 
 class Visibilities(_Strict):
@@ -177,9 +195,11 @@ def _read(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_policy(path: Path, _seen: tuple[Path, ...] = ()) -> Policy:
+def load_policy(path: Path, features: frozenset[str] = frozenset(), _seen: tuple[Path, ...] = ()) -> Policy:
     """Load and validate one policy file. `extends: other` starts from policies/other.yaml and
-    replaces its top-level keys with this file's (the resolved policy is what gets versioned)."""
+    replaces its top-level keys with this file's (the resolved policy is what gets versioned).
+    Stages that `require` a feature this deployment lacks are left out (so the version says
+    which cascade really ran)."""
     raw = _read(path)
     parent = raw.pop("extends", None)
     if parent is not None:
@@ -188,7 +208,11 @@ def load_policy(path: Path, _seen: tuple[Path, ...] = ()) -> Policy:
         base_path = path.with_name(f"{parent}.yaml")
         if base_path in _seen or not base_path.exists():
             raise PolicyError(f"{path}: extends {parent!r}, which is missing or circular")
-        raw = {**load_policy(base_path, (*_seen, path)).model_dump(mode="json"), **raw}
+        raw = {**load_policy(base_path, features, (*_seen, path)).model_dump(mode="json"), **raw}
+    if isinstance(raw.get("cascade"), list):
+        raw["cascade"] = [
+            s for s in raw["cascade"] if not (isinstance(s, dict) and s.get("requires") not in (None, *features))
+        ]
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:
@@ -199,11 +223,28 @@ def load_policy(path: Path, _seen: tuple[Path, ...] = ()) -> Policy:
     return policy
 
 
-def load_policies(directory: Path) -> dict[str, Policy]:
+def load_policies(directory: Path, features: frozenset[str] = frozenset()) -> dict[str, Policy]:
+    """Every policy in `directory`, validated, with the prompts their stages name
+    (`options.prompt` => `prompts/<name>.yaml`, which must define every category of the policy)."""
+    from moderation.vlm.prompts import load_prompt
+
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise PolicyError(f"{directory}: no policies (*.yaml)")
-    return {p.id: p for p in (load_policy(f) for f in files)}
+    policies = {p.id: p for p in (load_policy(f, features) for f in files)}
+    for p in policies.values():
+        for stage in p.cascade:
+            name = stage.options.get("prompt")
+            if name is None:
+                continue
+            try:
+                spec = load_prompt(directory, str(name))
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise PolicyError(f"policy {p.id}, stage {stage.stage}: prompt {name!r}: {exc}") from exc
+            missing = sorted(set(p.categories) - set(spec.categories))
+            if missing:
+                raise PolicyError(f"policy {p.id}, stage {stage.stage}: prompt {name!r} does not define {missing}")
+    return policies
 
 
 @dataclass(frozen=True)

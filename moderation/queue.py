@@ -83,6 +83,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
+        # Prefork children load their analyzers (models) before reporting alive: allow for it.
+        "worker_proc_alive_timeout": 300,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": settings.task_events,
         "task_default_queue": Q_INGEST,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,32 @@ class Settings(BaseSettings):
 
     # Auth.
     key_cache_ttl_s: float = 30.0
+
+    # Workers load (and run once) the analyzers of their queues before taking tasks.
+    warmup: bool = True
+
+    # VLM stage. `vlm=true` turns on the policy stages marked `requires: vlm` (set it where GPU
+    # workers or a vLLM server run); the rest configures the engine, and a policy stage's
+    # `options` override these per policy.
+    vlm: bool = False
+    vlm_engine: Literal["transformers", "openai"] = "transformers"
+    vlm_model: str = "zai-org/GLM-4.6V-Flash"  # hub id (local cache) or a local checkpoint path
+    vlm_device: str = "auto"  # auto | cuda | cuda:N | cpu (`moderation worker --device cpu`)
+    vlm_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    vlm_image_side: int = 672  # long side of the image fed to the model: the speed/quality trade-off
+    vlm_max_new_tokens: int = 384
+    vlm_batch_max: int = 16  # micro-batch: up to this many images per model call...
+    vlm_batch_wait_ms: float = 50.0  # ...or what arrived this long after the first
+    vlm_base_url: str | None = None  # openai engine: e.g. http://vllm:8000/v1
+    vlm_api_key: str | None = None
+    vlm_concurrency: int = 16
+    vlm_timeout_s: float = 120.0
+    vlm_retries: int = 3
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Deployment features that policy stages can `require`."""
+        return frozenset({"vlm"}) if self.vlm else frozenset()
 
     @cached_property
     def embedded(self) -> bool:

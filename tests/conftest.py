@@ -123,7 +123,55 @@ def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "    analyzer: tests.support.analyzers:CaptionAnalyzer\n"
         "    queue: analyze.cpu\n"
     )
+    (d / "test-vlm.yaml").write_text(
+        "id: test-vlm\n"
+        "extends: default\n"
+        "qa_sample_rate: 0.0\n"
+        "on_uncovered: review\n"
+        "cascade:\n"
+        "  - stage: banks\n"
+        "  - stage: cache\n"
+        "  - stage: vlm\n"
+        "    analyzer: moderation.analyzers.vlm:VlmAnalyzer\n"
+        "    queue: analyze.gpu\n"
+        "    requires: vlm\n"
+        "    options: {prompt: risk-v1}\n"
+    )
+    shutil.copytree(REPO / "policies" / "prompts", d / "prompts")
     return d
+
+
+# The answer the scripted tiny VLM gives to every image: a threat, read from a meme.
+SCRIPTED_ANSWER = {
+    "categories": {
+        c: {"score": 0.97 if c == "harassment" else 0.01, "rationale": "threat to meet outside" if c == "harassment" else ""}
+        for c in (
+            "sexual", "nudity", "child_safety", "violence_gore", "weapons", "drugs", "hate",
+            "harassment", "self_harm", "extremism", "scam_fraud", "spam", "privacy",
+        )
+    },
+    "confidence": 0.9,
+    "ocr_text": "MEET ME OUTSIDE / YOU WILL REGRET IT",
+    "meme": True,
+    "irony": False,
+    "prompt_injection": False,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny GLM-4.6V-architecture checkpoints saved with save_pretrained (no download):
+    `random` answers garbage (the malformed-output path), `scripted` answers SCRIPTED_ANSWER
+    (a weight double; see moderation.vlm.synthetic)."""
+    import json
+
+    from moderation.vlm.synthetic import save_tiny_model
+
+    d = tmp_path_factory.mktemp("vlm")
+    return {
+        "random": save_tiny_model(d / "random"),
+        "scripted": save_tiny_model(d / "scripted", answer=json.dumps(SCRIPTED_ANSWER)),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +190,9 @@ def service_env(
         "MODERATION_MAX_ATTEMPTS": "3",
         "MODERATION_BLOB_FSYNC": "false",
         "MODERATION_BANK_CACHE_TTL_S": "0.2",
+        # Workers load models lazily in tests (dozens of worker starts); the VLM tests turn the
+        # production warm-up back on and check it.
+        "MODERATION_WARMUP": "false",
         "PYTHONPATH": str(REPO),
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -199,11 +250,19 @@ def auth(key: str) -> dict[str, str]:
 class Proc:
     """A real `celery worker` or `celery beat` subprocess with its own log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str | None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        ready: str | None,
+        command: list[str] | None = None,
+        ready_timeout: float = 60,
+    ) -> None:
         self.log = log
         self.handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", *args],
+            [*(command or [sys.executable, "-m", "celery", "-A", "workers.app"]), *args],
             cwd=REPO,
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
             stdout=self.handle,
@@ -211,7 +270,7 @@ class Proc:
             start_new_session=True,
         )
         if ready:
-            self.wait_for(ready, 60)
+            self.wait_for(ready, ready_timeout)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -269,6 +328,13 @@ class Procs:
             "--without-heartbeat",
         ]
         proc = Proc(args, {**self.env, **extra_env}, self.tmp / f"worker{self.n}.log", ready="ready.")
+        self.all.append(proc)
+        return proc
+
+    def command(self, name: str, argv: list[str], ready: str, timeout: float = 120, **extra_env: str) -> Proc:
+        """Any other process of the project (the `moderation` CLI, a fixture server)."""
+        self.n += 1
+        proc = Proc(argv, {**self.env, **extra_env}, self.tmp / f"{name}{self.n}.log", ready, [sys.executable], timeout)
         self.all.append(proc)
         return proc
 

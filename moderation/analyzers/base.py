@@ -98,6 +98,15 @@ class Analyzer(ABC):
     name: str = "analyzer"
     version: str = "0"
 
+    @classmethod
+    def identity(cls, options: dict[str, Any], settings: Any) -> str:
+        """What identifies this analyzer's results without loading it (the verdict cache key):
+        the class version by default; analyzers whose model comes from settings add it."""
+        return cls.version
+
+    def warmup(self) -> None:  # noqa: B027 (an optional hook, empty by default)
+        """Load models and run them once, before the worker takes its first task."""
+
     @abstractmethod
     def analyze(self, item: AnalysisInput) -> Finding:
         """Analyze one image. Raise TransientAnalyzerError for faults worth retrying."""

@@ -229,6 +229,15 @@ class LiteAnalyzer(Analyzer):
 
     # ------------------------------------------------------------ analysis
 
+    def warmup(self) -> None:
+        """One small captioned image through OCR, embeddings and the nudity detector: onnxruntime
+        builds its kernels on the first call, which would otherwise land on the first upload."""
+        from PIL import ImageDraw
+
+        image = Image.new("RGB", (256, 128), "white")
+        ImageDraw.Draw(image).text((10, 50), "WARM UP", fill="black")
+        self.analyze(AnalysisInput(submission_id="warmup", tenant_id="", image=image, sha256="", caption="warm up"))
+
     def analyze(self, item: AnalysisInput) -> Finding:
         started = time.perf_counter()
         frames = [item.image, *item.frames_sample[: max(0, self.max_frames - 1)]]

@@ -1,0 +1,168 @@
+"""The `vlm` analyzer: a vision-language model judges the image against the policy's categories.
+
+Per image: the policy's risk prompt (`policies/prompts/<prompt>.yaml`) rendered with the policy's
+categories and the caption, one engine call (micro-batched with the other images in flight in
+this process), the answer parsed and validated; an invalid answer gets one stricter retry, then
+the finding is an `unparseable` error, which the policy routes to review (fail closed).
+
+Scores are the model's own generated numbers (`score_method: generated`): calibrate thresholds
+per deployment (bench/eval.py); token log-probabilities are not used yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from moderation.analyzers.base import AnalysisInput, Analyzer, Finding, TransientAnalyzerError
+from moderation.settings import Settings
+from moderation.vlm.batching import MicroBatcher
+from moderation.vlm.engines import Engine, Generation, Request, build_engine, model_ref
+from moderation.vlm.prompts import RenderedPrompt, UnparseableOutput, json_schema, load_prompt, parse_answer, render
+
+log = logging.getLogger("moderation.vlm")
+
+
+class VlmAnalyzer(Analyzer):
+    name = "vlm"
+
+    def __init__(
+        self,
+        prompt: str = "risk-v1",
+        engine: str | None = None,
+        model: str | None = None,
+        max_new_tokens: int | None = None,
+        image_side: int | None = None,
+        settings: Settings | None = None,
+        engine_instance: Engine | None = None,
+    ) -> None:
+        s = settings or Settings()
+        self.spec = load_prompt(s.policies_dir, prompt)
+        self.max_new_tokens = max_new_tokens or s.vlm_max_new_tokens
+        self.timeout_s = s.vlm_timeout_s * 4 + s.vlm_batch_wait_ms / 1000
+        kind = engine or s.vlm_engine
+        side = image_side or s.vlm_image_side
+        if engine_instance is not None:
+            self.engine = engine_instance
+        elif kind == "openai":
+            if not s.vlm_base_url:
+                raise ValueError("the openai VLM engine needs MODERATION_VLM_BASE_URL")
+            self.engine = build_engine(
+                "openai",
+                base_url=s.vlm_base_url,
+                model=model or s.vlm_model,
+                api_key=s.vlm_api_key,
+                image_side=side,
+                concurrency=s.vlm_concurrency,
+                timeout_s=s.vlm_timeout_s,
+                retries=s.vlm_retries,
+            )
+        else:
+            self.engine = build_engine(
+                "transformers", model=model_ref(model or s.vlm_model), device=s.vlm_device, dtype=s.vlm_dtype,
+                image_side=side,
+            )  # fmt: skip
+        self.version = f"{self.engine.model_id.rstrip('/').rsplit('/', 1)[-1]}@{self.engine.model_version}"
+        self.batcher: MicroBatcher[AnalysisInput, Finding] = MicroBatcher(
+            self.analyze_batch_outcomes, s.vlm_batch_max, s.vlm_batch_wait_ms / 1000, key=lambda i: i.submission_id
+        )
+
+    @classmethod
+    def identity(cls, options: dict[str, Any], settings: Any) -> str:
+        """Engine, model and prompt version: a new checkpoint or prompt wording never reuses a
+        cached verdict."""
+        s = settings or Settings()
+        spec = load_prompt(s.policies_dir, str(options.get("prompt", "risk-v1")))
+        model = options.get("model") or s.vlm_model
+        engine = options.get("engine") or s.vlm_engine
+        return f"{engine}:{model}:{options.get('image_side') or s.vlm_image_side}:{spec.full_version}"
+
+    def warmup(self) -> None:
+        warm = getattr(self.engine, "warmup", None)
+        if warm is not None:
+            warm()
+
+    def analyze(self, item: AnalysisInput) -> Finding:
+        """One image, batched with whatever else this process is analysing right now."""
+        try:
+            return self.batcher(item, timeout=self.timeout_s)
+        except TimeoutError as exc:
+            raise TransientAnalyzerError(f"VLM batch did not finish within {self.timeout_s:.0f} s") from exc
+
+    def analyze_batch(self, items: list[AnalysisInput]) -> list[Finding]:
+        """Several images in one engine call (benchmarks, evaluation). Transient faults raise."""
+        out: list[Finding] = []
+        for o in self.analyze_batch_outcomes(items):
+            if isinstance(o, BaseException):
+                raise o
+            out.append(o)
+        return out
+
+    def analyze_batch_outcomes(self, items: list[AnalysisInput]) -> list[Finding | BaseException]:
+        prompts = [render(self.spec, list(i.categories), i.caption) for i in items]
+        outcomes: list[Finding | BaseException | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        problems: dict[int, str] = {}
+        for attempt in range(2):  # the answer, then one stricter retry for what did not parse
+            if not pending:
+                break
+            reqs = []
+            for i in pending:
+                p = prompts[i]
+                if attempt:
+                    p = RenderedPrompt(p.system, f"{p.user}\n\n{self.spec.retry.strip()}", p.categories)
+                reqs.append(Request(items[i].submission_id, items[i].image, p, json_schema(list(p.categories))))
+            results = self.engine.generate(reqs, self.max_new_tokens)
+            still: list[int] = []
+            for i, result in zip(pending, results, strict=True):
+                if isinstance(result, TransientAnalyzerError):
+                    outcomes[i] = result  # the task retries later
+                elif isinstance(result, BaseException):
+                    outcomes[i] = self._error(f"{type(result).__name__}: {result}")
+                else:
+                    try:
+                        outcomes[i] = self._finding(prompts[i], result, attempt)
+                    except UnparseableOutput as exc:
+                        problems[i] = str(exc)
+                        still.append(i)
+            pending = still
+        for i in pending:
+            log.warning("vlm unparseable output for %s: %s", items[i].submission_id, problems[i])
+            outcomes[i] = self._error(f"unparseable model output: {problems[i]}")
+        return [o if o is not None else self._error("no outcome") for o in outcomes]
+
+    def _model(self, g: Generation | None = None, attempt: int = 0) -> dict[str, str]:
+        m = {
+            "id": self.engine.model_id,
+            "version": self.engine.model_version,
+            "prompt_version": self.spec.full_version,
+            "score_method": "generated",
+        }
+        if g is not None:
+            m |= {"batch_id": g.batch_id, "batch_size": str(g.batch_size), "attempt": str(attempt + 1)}
+        return m
+
+    def _error(self, why: str) -> Finding:
+        return Finding(self.name, self.version, stage="", error=why, model=self._model())
+
+    def _finding(self, prompt: RenderedPrompt, g: Generation, attempt: int) -> Finding:
+        a = parse_answer(g.text, prompt.categories)
+        cats = list(prompt.categories)
+        ocr = a.ocr_text.strip()
+        return Finding(
+            analyzer=self.name,
+            version=self.version,
+            stage="",
+            scores={c: a.categories[c].score for c in cats},
+            confidence=a.confidence,
+            covered=cats,
+            rationale={c: a.categories[c].rationale[:500] for c in cats},
+            flags={
+                "text_in_image": bool(ocr),
+                "meme": a.meme,
+                "irony": a.irony,
+                "prompt_injection": a.prompt_injection,
+            },
+            ocr_text=ocr[:4000] or None,
+            model=self._model(g, attempt),
+        )

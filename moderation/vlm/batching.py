@@ -1,0 +1,100 @@
+"""Dynamic micro-batching: concurrent requests in one process are gathered into one model call.
+
+A GPU worker runs Celery with a thread pool (several tasks in flight, each blocked on its
+future); `MicroBatcher` collects up to `max_batch` items, or whatever arrived within `max_wait_s`
+of the first, and calls `run(items)` once on its own thread, so the model only ever sees one
+batch at a time. `run` returns one outcome per item (a value or an exception): one bad item
+fails only its own future. Every batch is recorded in `log` (and logged), which is what tests
+and operators read to see how items were grouped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger("moderation.vlm.batch")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    size: int
+    keys: tuple[str, ...]
+    wait_ms: float  # from the first item's arrival to the model call
+    run_ms: float
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        run: Callable[[list[T]], list[R | BaseException]],
+        max_batch: int = 16,
+        max_wait_s: float = 0.05,
+        key: Callable[[T], str] = lambda _item: "",
+        log_size: int = 1000,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._key = key
+        self._queue: queue.Queue[tuple[T, Future[R], float]] = queue.Queue()
+        self.log: deque[BatchRecord] = deque(maxlen=log_size)
+        self._thread = threading.Thread(target=self._loop, name="vlm-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> Future[R]:
+        fut: Future[R] = Future()
+        self._queue.put((item, fut, time.monotonic()))
+        return fut
+
+    def __call__(self, item: T, timeout: float | None = None) -> R:
+        return self.submit(item).result(timeout)
+
+    def _gather(self) -> list[tuple[T, Future[R], float]]:
+        batch = [self._queue.get()]
+        deadline = batch[0][2] + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            items = [b[0] for b in batch]
+            batch_id = uuid.uuid4().hex[:12]
+            started = time.monotonic()
+            try:
+                outcomes = self._run(items)
+                if len(outcomes) != len(items):
+                    raise RuntimeError(f"batch run returned {len(outcomes)} outcomes for {len(items)} items")
+            except BaseException as exc:  # the whole call failed: every item gets the error
+                outcomes = [exc] * len(items)
+            run_ms = (time.monotonic() - started) * 1000
+            record = BatchRecord(
+                batch_id, len(items), tuple(self._key(i) for i in items), (started - batch[0][2]) * 1000, run_ms
+            )
+            self.log.append(record)
+            log.info("vlm batch=%s size=%d wait_ms=%.1f run_ms=%.1f", batch_id, len(items), record.wait_ms, run_ms)
+            for (_item, fut, _t), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)

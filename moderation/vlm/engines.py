@@ -1,0 +1,358 @@
+"""VLM engines behind one interface: `generate(requests) -> one outcome per request`.
+
+- `TransformersEngine`: in-process Hugging Face model (`AutoModelForImageTextToText` +
+  `AutoProcessor`), GLM-4.6V-Flash by default, any image-text-to-text model whose processor has
+  a chat template. One `generate` call is one batched model call (left padding, greedy).
+- `OpenAIEngine`: an OpenAI-compatible chat-completions server (vLLM serving GLM-4.6V-Flash):
+  concurrent requests, JSON-schema structured output, timeouts, retries with backoff.
+
+Every call is recorded in the engine's `batch_log` (id, size, item keys, timings, tokens), and
+each output carries its batch id and size, so the grouping can be audited per finding.
+Heavy imports (torch, transformers) happen inside `TransformersEngine.__init__` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from moderation.analyzers.base import TransientAnalyzerError
+from moderation.vlm.prompts import RenderedPrompt
+
+log = logging.getLogger("moderation.vlm")
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str  # the submission id (for the batch log)
+    image: Image.Image
+    prompt: RenderedPrompt
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    batch_id: str
+    batch_size: int
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass
+class BatchLogEntry:
+    batch_id: str
+    size: int
+    keys: list[str]
+    started: float
+    ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    errors: int = 0
+    splits: int = 0  # times the batch was halved after running out of GPU memory
+
+
+Outcome = Generation | BaseException
+
+
+class Engine(Protocol):
+    model_id: str
+    model_version: str
+    batch_log: deque[BatchLogEntry]
+
+    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]: ...
+
+
+def fit_long_side(image: Image.Image, side: int) -> Image.Image:
+    """Scale down so that the long side is at most `side` (the main speed/quality setting)."""
+    w, h = image.size
+    if max(w, h) <= side:
+        return image
+    scale = side / max(w, h)
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+
+
+def _record(log_: deque[BatchLogEntry], requests: list[Request]) -> BatchLogEntry:
+    entry = BatchLogEntry(uuid.uuid4().hex[:12], len(requests), [r.key for r in requests], time.time())
+    log_.append(entry)
+    return entry
+
+
+class TransformersEngine:
+    """A Hugging Face image-text-to-text model in this process (one GPU, or the CPU)."""
+
+    def __init__(
+        self,
+        model: str = "zai-org/GLM-4.6V-Flash",
+        device: str = "auto",
+        dtype: str = "auto",
+        image_side: int = 672,
+        attn_implementation: str = "sdpa",
+        loaded: tuple[Any, Any] | None = None,  # (model, processor) already built (benchmarks)
+    ) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self._torch = torch
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                "VLM device is CUDA but no GPU is visible (set MODERATION_VLM_DEVICE=cpu for development)"
+            )
+        self.device = device
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.dtype = getattr(torch, dtype)
+        self.image_side = image_side
+        if loaded is not None:
+            self.model, self.processor = loaded
+        else:
+            # Weights come from a local path or the local Hugging Face cache: never downloaded here.
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, dtype=self.dtype, attn_implementation=attn_implementation
+            )
+            self.model.to(device).eval()
+        # AutoProcessor silently falls back to a bare tokenizer when it cannot build the real
+        # processor (a missing video processor, an old transformers): that would feed no pixels.
+        if getattr(self.processor, "image_processor", None) is None or not getattr(
+            self.processor, "chat_template", None
+        ):
+            raise RuntimeError(
+                f"{model}: AutoProcessor returned {type(self.processor).__name__} without an image processor and a "
+                "chat template; install the `[vlm]` extra (torchvision is needed for GLM's processor)"
+            )
+        self.processor.tokenizer.padding_side = "left"
+        self.model_id = str(getattr(self.model.config, "_name_or_path", "") or model)
+        self.model_version = str(getattr(self.model.config, "_commit_hash", None) or self._config_digest())
+        self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
+        self._lock = threading.Lock()  # one model call at a time
+
+    def _config_digest(self) -> str:
+        return hashlib.sha256(self.model.config.to_json_string().encode()).hexdigest()[:12]
+
+    def _text(self, prompt: RenderedPrompt) -> str:
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
+        ]
+        text: str = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, enable_thinking=False
+        )
+        return text
+
+    def warmup(self) -> None:
+        """One tiny generation, so the first real batch does not pay for kernel set-up."""
+        from moderation.vlm.prompts import RenderedPrompt as RP
+
+        req = Request("warmup", Image.new("RGB", (64, 64), (128, 128, 128)), RP("", "Describe.", ()))
+        self.generate([req], max_new_tokens=2)
+
+    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:
+        entry = _record(self.batch_log, requests)
+        started = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        ready: list[tuple[int, str, Image.Image]] = []
+        for i, r in enumerate(requests):  # per-item preparation: one bad image fails only itself
+            try:
+                ready.append((i, self._text(r.prompt), fit_long_side(r.image.convert("RGB"), self.image_side)))
+            except Exception as exc:
+                outcomes[i] = exc
+        with self._lock:
+            self._run(ready, outcomes, max_new_tokens, entry)
+        entry.ms = (time.perf_counter() - started) * 1000
+        entry.errors = sum(isinstance(o, BaseException) for o in outcomes)
+        log.info(
+            "vlm engine=transformers batch=%s size=%d tokens_in=%d tokens_out=%d ms=%.1f errors=%d splits=%d",
+            entry.batch_id, entry.size, entry.tokens_in, entry.tokens_out, entry.ms, entry.errors, entry.splits,
+        )  # fmt: skip
+        return [o if o is not None else RuntimeError("no outcome") for o in outcomes]
+
+    def _run(
+        self,
+        items: list[tuple[int, str, Image.Image]],
+        outcomes: list[Outcome | None],
+        max_new_tokens: int,
+        entry: BatchLogEntry,
+    ) -> None:
+        if not items:
+            return
+        torch = self._torch
+        try:
+            inputs = self.processor(
+                text=[t for _, t, _ in items], images=[im for _, _, im in items], return_tensors="pt", padding=True
+            ).to(self.device)
+            if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        except torch.OutOfMemoryError:
+            entry.splits += 1
+            torch.cuda.empty_cache()
+            if len(items) == 1:
+                outcomes[items[0][0]] = RuntimeError("CUDA out of memory on a single image")
+                return
+            half = len(items) // 2
+            self._run(items[:half], outcomes, max_new_tokens, entry)
+            self._run(items[half:], outcomes, max_new_tokens, entry)
+            return
+        except Exception as exc:
+            if len(items) == 1:
+                outcomes[items[0][0]] = exc
+                return
+            for item in items:  # find the item that breaks the batch: the others still run
+                self._run([item], outcomes, max_new_tokens, entry)
+            return
+        prompt_len = inputs["input_ids"].shape[1]
+        new = out[:, prompt_len:]
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        pad = self.processor.tokenizer.pad_token_id
+        for row, (i, _, _) in enumerate(items):
+            n_in = int(inputs["attention_mask"][row].sum())
+            n_out = int((new[row] != pad).sum()) if pad is not None else int(new.shape[1])
+            entry.tokens_in += n_in
+            entry.tokens_out += n_out
+            outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out)
+
+
+class OpenAIEngine:
+    """An OpenAI-compatible chat-completions server (vLLM, SGLang, …) over HTTP."""
+
+    RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "zai-org/GLM-4.6V-Flash",
+        api_key: str | None = None,
+        image_side: int = 672,
+        concurrency: int = 16,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        structured: bool = True,
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        self.model_version = "server"
+        self.image_side = image_side
+        self.retries = retries
+        self.structured = structured
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=concurrency)
+        )
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vlm-http")
+        self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
+
+    def warmup(self) -> None:
+        """Fail at start-up, not on the first image, when the server is unreachable or serves another model."""
+        try:
+            resp = self._client.get(f"{self.base_url}/models")
+            resp.raise_for_status()
+            served = [m.get("id") for m in resp.json().get("data", [])]
+        except Exception as exc:
+            raise TransientAnalyzerError(f"VLM server {self.base_url} unreachable: {exc}") from exc
+        if served and self.model_id not in served:
+            raise RuntimeError(f"VLM server {self.base_url} serves {served}, not {self.model_id!r}")
+
+    def _body(self, r: Request, max_new_tokens: int) -> dict[str, Any]:
+        buf = io.BytesIO()
+        fit_long_side(r.image.convert("RGB"), self.image_side).save(buf, "JPEG", quality=90)
+        url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [
+                {"role": "system", "content": r.prompt.system},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": r.prompt.user},
+                    ],
+                },
+            ],
+            "max_tokens": max_new_tokens,
+            "temperature": 0,
+            "chat_template_kwargs": {"enable_thinking": False},
+        }
+        if self.structured and r.schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "moderation_answer", "schema": r.schema},
+            }
+        return body
+
+    def _one(self, r: Request, max_new_tokens: int, entry: BatchLogEntry) -> Outcome:
+        httpx = self._httpx
+        body = json.dumps(self._body(r, max_new_tokens))
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
+            try:
+                resp = self._client.post(
+                    f"{self.base_url}/chat/completions", content=body, headers={"Content-Type": "application/json"}
+                )
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code in self.RETRY_STATUS:
+                last = f"HTTP {resp.status_code}"
+                continue
+            if resp.status_code >= 400:  # the server refuses this request: final for this item
+                return RuntimeError(f"VLM server answered HTTP {resp.status_code}: {resp.text[:200]}")
+            try:
+                data = resp.json()
+                text = data["choices"][0]["message"]["content"] or ""
+                usage = data.get("usage") or {}
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                return RuntimeError(f"VLM server reply is not a chat completion: {exc}")
+            n_in, n_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            entry.tokens_in += n_in
+            entry.tokens_out += n_out
+            return Generation(text, entry.batch_id, entry.size, n_in, n_out)
+        return TransientAnalyzerError(f"VLM server {self.base_url} failed {self.retries + 1} times: {last}")
+
+    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:
+        entry = _record(self.batch_log, requests)
+        started = time.perf_counter()
+        outcomes = list(self._pool.map(lambda r: self._one(r, max_new_tokens, entry), requests))
+        entry.ms = (time.perf_counter() - started) * 1000
+        entry.errors = sum(isinstance(o, BaseException) for o in outcomes)
+        log.info(
+            "vlm engine=openai batch=%s size=%d ms=%.1f errors=%d", entry.batch_id, entry.size, entry.ms, entry.errors
+        )
+        return outcomes
+
+
+def build_engine(kind: str, **options: Any) -> Engine:
+    """`transformers` or `openai`, with that engine's keyword options."""
+    if kind == "transformers":
+        return TransformersEngine(**options)
+    if kind == "openai":
+        return OpenAIEngine(**options)
+    raise ValueError(f"unknown VLM engine {kind!r} (transformers | openai)")
+
+
+def model_ref(path_or_id: str) -> str:
+    """A local checkpoint path as an absolute path; a hub id unchanged (resolved from the local cache)."""
+    p = Path(path_or_id).expanduser()
+    return str(p.resolve()) if p.exists() else path_or_id

@@ -1,0 +1,191 @@
+"""The VLM stage end to end on the CPU: API -> ingest worker -> `analyze.gpu` worker started by
+`moderation worker --device cpu` -> micro-batched model call -> parsed findings -> policy -> audit,
+on the real PostgreSQL and Redis, with tiny GLM-4.6V-architecture checkpoints (no download).
+
+Items are queued on `analyze.gpu` before the VLM worker starts, so that they are in flight
+together; grouping is then read from the engine's own batch records (stored on each finding
+and logged per model call), never from timings.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from moderation.models import findings
+from tests.conftest import SCRIPTED_ANSWER, auth, picture, wait_until
+from tests.integration.test_pipeline import submit, wait_final
+
+pytestmark = pytest.mark.services
+
+VLM_ENV = {
+    "MODERATION_VLM": "true",
+    "MODERATION_VLM_IMAGE_SIDE": "112",  # 64 patches: the tiny model runs in milliseconds
+    "MODERATION_VLM_MAX_NEW_TOKENS": "8",
+    "MODERATION_VLM_BATCH_MAX": "16",
+    "MODERATION_VLM_BATCH_WAIT_MS": "1500",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def queued_on_gpu(redis_client: Any) -> int:
+    return sum(int(redis_client.llen(k)) for k in redis_client.scan_iter(match="analyze.gpu*"))
+
+
+def submit_and_queue(client: Any, keys: dict[str, str], ctx: Any, redis_client: Any, seeds: range) -> list[str]:
+    """Submit images under the test-vlm policy and wait until all sit on the GPU queue."""
+    ids = [submit(client, keys["submitter"], picture(s), policy="test-vlm", caption=f"post {s}")["id"] for s in seeds]
+
+    def routed() -> bool:
+        with ctx.engine.connect() as conn:
+            rows = conn.execute(select(findings.c.submission_id).where(findings.c.submission_id.in_(ids))).all()
+        return len({r.submission_id for r in rows}) == len(ids) and queued_on_gpu(redis_client) >= len(ids)
+
+    wait_until(routed, 60, what="all items routed to analyze.gpu")
+    return ids
+
+
+def vlm_findings(ctx: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            select(findings.c.submission_id, findings.c.body).where(
+                findings.c.submission_id.in_(ids), findings.c.stage == "vlm"
+            )
+        ).all()
+    return {r.submission_id: (r.body if isinstance(r.body, dict) else json.loads(r.body)) for r in rows}
+
+
+def start_vlm_worker(procs: Any, **env: str) -> Any:
+    """The VLM worker exactly as an operator starts it for development."""
+    return procs.command(
+        "vlm-worker",
+        ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
+        ready="ready.",
+        **{**VLM_ENV, "MODERATION_WARMUP": "true", **env},
+    )
+
+
+@pytest.fixture
+def openai_server(procs: Any, tiny_vlm: dict[str, Path]) -> str:
+    """An OpenAI-compatible HTTP server (vLLM's API) serving the scripted tiny model."""
+    port = free_port()
+    procs.command(
+        "openai-server",
+        ["-m", "tests.support.openai_server", "--model", str(tiny_vlm["scripted"]), "--port", str(port)],
+        ready="serving",
+    )
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, 60, what="fixture server listening")
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.parametrize("engine", ["transformers", "openai"])
+def test_vlm_batches_concurrent_items_and_decides(
+    engine, client, keys, ctx, procs, redis_client, tiny_vlm, request
+) -> None:
+    procs.worker(**VLM_ENV)  # ingest + decide, routing to analyze.gpu
+    seeds = range(700, 706) if engine == "transformers" else range(720, 726)
+    ids = submit_and_queue(client, keys, ctx, redis_client, seeds)
+    env = {"MODERATION_VLM_MODEL": str(tiny_vlm["scripted"])}
+    if engine == "openai":
+        env |= {"MODERATION_VLM_ENGINE": "openai", "MODERATION_VLM_BASE_URL": request.getfixturevalue("openai_server")}
+    gpu = start_vlm_worker(procs, **env)
+    assert "ready: warmed" in gpu.text()  # the model loaded before the first task was taken
+
+    finals = [wait_final(client, keys["submitter"], sid, timeout=120) for sid in ids]
+    for final in finals:
+        assert final["status"] == "decided"
+        assert final["decision"]["action"] == "block"
+        assert final["decision"]["categories"]["harassment"] == pytest.approx(0.97)
+        assert "threshold" in [r["code"] for r in final["decision"]["reasons"]]
+
+    found = vlm_findings(ctx, ids)
+    assert set(found) == set(ids)
+    for f in found.values():
+        assert f["error"] is None
+        assert f["flags"]["meme"] is True and f["flags"]["text_in_image"] is True
+        assert f["ocr_text"] == SCRIPTED_ANSWER["ocr_text"]
+        assert f["rationale"]["harassment"] == "threat to meet outside"
+        assert f["model"]["prompt_version"].startswith("risk-v1+")
+        assert f["model"]["score_method"] == "generated"
+    # Grouping, from the engine's own batch records: fewer model calls than items, and every
+    # item's record says how many images shared its call.
+    batches = {f["model"]["batch_id"]: int(f["model"]["batch_size"]) for f in found.values()}
+    assert len(batches) < len(ids), batches
+    assert max(batches.values()) >= 2
+    assert sum(batches.values()) == len(ids)  # each call's size counts exactly the items in it
+    assert f"vlm engine={engine} batch=" in gpu.text()
+
+    events = client.get("/v1/audit/events", params={"submission_id": ids[0]}, headers=auth(keys["auditor"]))
+    actions = [(e["action"], e["facts"].get("stage")) for e in events.json()["events"]]
+    assert ("analyzed", "vlm") in actions and actions[-1][0] == "decided"
+    decided = events.json()["events"][-1]["facts"]
+    assert decided["automated_decision"] == "AUTOMATED_DECISION_FULLY"
+    assert any(m.get("prompt_version", "").startswith("risk-v1+") for m in decided.get("models", []))
+    assert client.get("/v1/audit/verify", headers=auth(keys["auditor"])).json()["ok"] is True
+
+
+def test_malformed_model_output_goes_to_review_never_allow(client, keys, ctx, procs, redis_client, tiny_vlm) -> None:
+    procs.worker(**VLM_ENV)
+    ids = submit_and_queue(client, keys, ctx, redis_client, range(740, 743))
+    start_vlm_worker(procs, MODERATION_VLM_MODEL=str(tiny_vlm["random"]))
+    for sid in ids:
+        final = wait_final(client, keys["submitter"], sid, timeout=120)
+        assert final["status"] == "in_review"
+        assert final["decision"]["action"] == "review"
+        assert "analyzer_error" in [r["code"] for r in final["decision"]["reasons"]]
+    for f in vlm_findings(ctx, ids).values():
+        assert f["error"].startswith("unparseable model output")
+
+
+def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, redis_client, tiny_vlm) -> None:
+    """The openai engine with no server: a transient fault, retried; nothing is decided on it."""
+    procs.worker(**VLM_ENV)
+    ids = submit_and_queue(client, keys, ctx, redis_client, range(760, 762))
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    gpu = procs.command(
+        "vlm-worker",
+        ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
+        ready="ready.",
+        **{
+            **VLM_ENV,
+            "MODERATION_VLM_ENGINE": "openai",
+            "MODERATION_VLM_BASE_URL": dead,
+            "MODERATION_VLM_RETRIES": "0",
+        },
+        MODERATION_VLM_MODEL=str(tiny_vlm["scripted"]),
+    )
+    wait_until(lambda: "Retry in" in gpu.text(), 60, what="a retry of the VLM task")
+    for sid in ids:
+        body = client.get(f"/v1/submissions/{sid}", headers=auth(keys["submitter"])).json()
+        assert body["status"] == "analyzing" and body["decision"] is None
+    assert vlm_findings(ctx, ids) == {}
+
+
+def test_worker_gpus_without_gpus_fails_clearly(procs) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "moderation.cli", "worker", "--gpus", "0,1"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "no NVIDIA GPU" in message and "--device cpu" in message
