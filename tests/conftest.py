@@ -144,7 +144,9 @@ def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # The answer the scripted tiny VLM gives to every image: a threat, read from a meme.
 SCRIPTED_ANSWER = {
     "categories": {
-        c: {"score": 0.97 if c == "harassment" else 0.01, "rationale": "threat to meet outside" if c == "harassment" else ""}
+        c: {"score": 0.01, "rationale": ""} | (
+            {"score": 0.97, "rationale": "threat to meet outside"} if c == "harassment" else {}
+        )
         for c in (
             "sexual", "nudity", "child_safety", "violence_gore", "weapons", "drugs", "hate",
             "harassment", "self_harm", "extremism", "scam_fraud", "spam", "privacy",

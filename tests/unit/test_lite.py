@@ -32,7 +32,7 @@ def test_threat_meme_scores_harassment(lite) -> None:
     assert f.ocr_text == "MEET ME OUTSIDE YOU WILL REGRET IT"
     assert f.scores["harassment"] >= 0.7 and f.confidence >= 0.6
     assert f.flags == {"text_in_image": True, "meme": True, "prompt_injection": False}
-    assert "regret" in f.rationale["harassment"]
+    assert "regret" in f.rationale["harassment"].lower()  # the rule or the embedding, quoting the text
 
 
 def test_harmless_meme_scores_nothing(lite) -> None:
