@@ -93,7 +93,9 @@ def test_app_services_share_the_anchor(services):
     for name in APP_SERVICES:
         svc = services[name]
         assert svc.get("build", {}).get("context") == ".", name
-        assert svc.get("image") == services["api"]["image"], name
+        # The GPU worker is the same code in an image with the [vlm] extra added.
+        expected = "moderation-gpu:latest" if name == "worker-gpu-0" else services["api"]["image"]
+        assert svc.get("image") == expected, name
         env = svc["environment"]
         assert env["DATABASE_URL"].startswith("postgresql://moderation:"), name
         assert env["DATABASE_URL"].endswith("@postgres:5432/moderation"), name
@@ -113,7 +115,8 @@ def test_env_names_are_the_ones_settings_reads(services):
             if var.startswith("MODERATION_"):
                 assert var[len("MODERATION_") :].lower() in fields, f"{name}: Settings has no field for {var}"
             else:
-                assert var in {"PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES"}, f"{name}: unexpected variable {var}"
+                known = {"PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HUB_OFFLINE"}
+                assert var in known, f"{name}: unexpected variable {var}"
 
 
 def test_postgres(services):
@@ -160,13 +163,11 @@ def test_workers_and_queues(services):
     cpu = argv(services["worker-cpu"])
     gpu = argv(services["worker-gpu-0"])
     assert cpu[:2] == ["moderation", "worker"] and option(cpu, "-c", "--concurrency") == "2"
-    assert gpu[:2] == ["moderation", "worker"] and option(gpu, "-c", "--concurrency") == "1"
-    assert option(gpu, "-n", "--name") == "gpu0@%h"
+    # The GPU worker is started the documented way: one process per listed GPU, on analyze.gpu.
+    assert gpu == ["moderation", "worker", "--gpus", "0"]
     cpu_queues = option(cpu, "-Q", "--queues")
-    gpu_queues = option(gpu, "-Q", "--queues")
-    assert cpu_queues and gpu_queues
+    assert cpu_queues
     assert set(cpu_queues.split(",")) == set(queue.CPU_QUEUES)
-    assert gpu_queues.split(",") == [queue.Q_GPU]
     for name, args in moderation_commands(services).items():
         queues = option(args, "-Q", "--queues")
         for q in (queues or "").split(","):
@@ -180,6 +181,15 @@ def test_gpu_worker_is_pinned(services):
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and d["device_ids"] == ["0"] for d in devices)
     assert "gpu" not in services["worker-cpu"].get("profiles", [])
+    assert "vlm" in gpu["build"]["args"]["EXTRAS"]  # PyTorch + transformers only in the GPU image
+    assert gpu["environment"]["HF_HUB_OFFLINE"] == "1"  # weights are never fetched at run time
+    assert "/home/moderation/.cache/huggingface" in mounts(gpu)
+
+
+def test_vlm_settings_reach_every_app_process(services):
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert "MODERATION_VLM" in env and env["MODERATION_VLM_BASE_URL"] == "http://vllm:8001/v1", name
 
 
 def test_vllm_is_optional(services):
