@@ -193,6 +193,7 @@ class TransformersEngine:
         if not items:
             return
         torch = self._torch
+        out_of_memory = False
         try:
             inputs = self.processor(
                 text=[t for _, t, _ in items], images=[im for _, _, im in items], return_tensors="pt", padding=True
@@ -202,21 +203,27 @@ class TransformersEngine:
             with torch.inference_mode():
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         except torch.OutOfMemoryError:
-            entry.splits += 1
-            torch.cuda.empty_cache()
-            if len(items) == 1:
-                outcomes[items[0][0]] = RuntimeError("CUDA out of memory on a single image")
-                return
-            half = len(items) // 2
-            self._run(items[:half], outcomes, max_new_tokens, entry)
-            self._run(items[half:], outcomes, max_new_tokens, entry)
-            return
+            # Recover outside the except block: the exception's traceback still holds the failed
+            # attempt's tensors, and memory is only freed once it is gone (PyTorch FAQ).
+            out_of_memory = True
         except Exception as exc:
             if len(items) == 1:
                 outcomes[items[0][0]] = exc
                 return
             for item in items:  # find the item that breaks the batch: the others still run
                 self._run([item], outcomes, max_new_tokens, entry)
+            return
+        if out_of_memory:
+            entry.splits += 1
+            inputs = out = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(items) == 1:
+                outcomes[items[0][0]] = RuntimeError("CUDA out of memory on a single image")
+                return
+            half = len(items) // 2
+            self._run(items[:half], outcomes, max_new_tokens, entry)
+            self._run(items[half:], outcomes, max_new_tokens, entry)
             return
         prompt_len = inputs["input_ids"].shape[1]
         new = out[:, prompt_len:]

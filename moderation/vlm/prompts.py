@@ -84,12 +84,14 @@ class RenderedPrompt:
 
 
 def render(spec: PromptSpec, categories: list[str] | tuple[str, ...], caption: str | None) -> RenderedPrompt:
-    """The prompt for one image under one policy: only the policy's categories, with definitions."""
+    """The prompt for one image under one policy: only the policy's categories, with definitions,
+    in the system part (identical for every image of the policy); the caption in the user part."""
     cats = [c for c in categories if c in spec.categories]
     lines = "\n".join(f"- {c}: {spec.categories[c]}" for c in cats)
+    system = spec.system.format(categories=lines, schema_hint=schema_hint(cats))
     # The caption is the uploader's text: quoted as JSON so it cannot close the prompt's structure.
-    user = spec.user.format(categories=lines, caption=json.dumps(caption or ""), schema_hint=schema_hint(cats))
-    return RenderedPrompt(system=spec.system.strip(), user=user.strip(), categories=tuple(cats))
+    user = spec.user.format(caption=json.dumps(caption or ""))
+    return RenderedPrompt(system=system.strip(), user=user.strip(), categories=tuple(cats))
 
 
 class CategoryAnswer(BaseModel):

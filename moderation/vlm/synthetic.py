@@ -75,7 +75,18 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(answer: str | None = None, vocab_size: int = 600) -> Any:
+def _corpus() -> list[str]:
+    """What the tokenizer learns its merges from: the shipped prompts (so a prompt costs about as
+    many tokens as with GLM's 151k-entry vocabulary, ~4 characters per token) and a few answers."""
+    from moderation.settings import REPO_ROOT
+
+    texts = list(_CORPUS)
+    for path in sorted((REPO_ROOT / "policies" / "prompts").glob("*.yaml")):
+        texts += path.read_text(encoding="utf-8").splitlines()
+    return texts
+
+
+def build_tokenizer(answer: str | None = None, vocab_size: int = 1500) -> Any:
     """A byte-level BPE tokenizer with GLM's special tokens, left padding. With `answer`, token
     id 0 is that whole text (see the module docstring)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,7 +102,7 @@ def build_tokenizer(answer: str | None = None, vocab_size: int = 600) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
     if answer is not None:  # trained as special to get id 0; decoded as text
         spec = json.loads(tok.to_str())
         spec["added_tokens"][0]["special"] = False
