@@ -18,8 +18,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --system --gid 10001 moderation \
     && useradd --system --uid 10001 --gid moderation --create-home --home-dir /home/moderation moderation \
-    && mkdir -p /data \
-    && chown moderation:moderation /data
+    && mkdir -p /data /home/moderation/.cache/huggingface \
+    && chown moderation:moderation /data \
+    && chown -R moderation:moderation /home/moderation/.cache
 
 WORKDIR /app
 COPY . /app

@@ -148,6 +148,9 @@ def worker(
         os.execvpe(argv[0], argv, env)
     assert gpus is not None
     present = visible_gpus()
+    allotted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if allotted is not None and present:  # a scheduler (Slurm, Kubernetes) gave this job some GPUs only
+        present = [g for g in (x.strip() for x in allotted.split(",")) if g in present]
     wanted = present if gpus == "all" else [g.strip() for g in gpus.split(",") if g.strip()]
     if not present:
         err.print(
@@ -159,29 +162,57 @@ def worker(
         raise typer.Exit(2)
     missing = [g for g in wanted if g not in present]
     if missing or not wanted:
-        err.print(f"[red]--gpus {gpus}: GPU(s) {missing or gpus} not present; this machine has {', '.join(present)}[/]")
+        err.print(
+            f"[red]--gpus {gpus}: GPU(s) {missing or gpus} not present; this machine has {', '.join(present)}[/]",
+            soft_wrap=True,
+        )
         raise typer.Exit(2)
-    procs: list[subprocess.Popen[bytes]] = []
-    for g in wanted:
+
+    def start(g: str) -> subprocess.Popen[bytes]:
         argv = _celery_worker_argv(vlm_queues, threads, pool or "threads", f"gpu{g}@%h", loglevel)
-        gpu_env = {**env, "CUDA_VISIBLE_DEVICES": g, "MODERATION_VLM_DEVICE": "cuda"}
-        procs.append(subprocess.Popen(argv, env=gpu_env))
-        err.print(f"started gpu{g} (pid {procs[-1].pid})")
+        # PCI_BUS_ID: CUDA numbers devices as nvidia-smi does (its default is fastest first).
+        gpu_env = {**env, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": g, "MODERATION_VLM_DEVICE": "cuda"}
+        p = subprocess.Popen(argv, env=gpu_env)
+        err.print(f"started gpu{g} (pid {p.pid})")
+        return p
+
+    procs = {g: start(g) for g in wanted}
+    started = dict.fromkeys(wanted, time.monotonic())
+    failures = dict.fromkeys(wanted, 0)
+    stopping = False
 
     def stop(*_: Any) -> None:
-        for p in procs:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
             if p.poll() is None:
                 p.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # One GPU worker exiting takes the group down: the supervisor (systemd, Kubernetes, compose)
-    # restarts it whole, rather than this process hiding a crash loop.
-    while all(p.poll() is None for p in procs):
+    # A GPU worker that exits is restarted alone, with backoff; one that keeps failing within a
+    # minute of starting (a missing checkpoint, a broken GPU) ends the group with its exit code,
+    # so that the supervisor sees it instead of a silent crash loop.
+    code = 0
+    while not stopping:
         time.sleep(1)
-    stop()
-    codes = [p.wait() for p in procs]
-    raise typer.Exit(next((c for c in codes if c), 0))
+        for g, p in list(procs.items()):
+            rc = p.poll()
+            if rc is None or stopping:
+                continue
+            failures[g] = failures[g] + 1 if time.monotonic() - started[g] < 60 else 1
+            if failures[g] >= 5:
+                err.print(f"[red]gpu{g} exited {rc} five times within a minute of starting; stopping[/]")
+                code = rc or 1
+                stop()
+                break
+            delay = min(60, 2 ** failures[g])
+            err.print(f"[yellow]gpu{g} exited with {rc}; restarting in {delay} s[/]")
+            time.sleep(delay)
+            procs[g], started[g] = start(g), time.monotonic()
+    for p in procs.values():
+        p.wait()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from moderation import audit
 from moderation.analyzers.base import (
     AnalysisInput,
     Analyzer,
+    FatalAnalyzerError,
     Finding,
     TransientAnalyzerError,
     analyzer_class,
@@ -526,7 +527,19 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
     if any(f.stage == stage_name for f in done):  # a redelivery: the model already ran
         ctx.publisher.send(T_DECIDE, [sub.id], Q_DECIDE, sub.priority)
         return "already_analyzed"
-    finding = run_stage(ctx, sub, policy, stage)
+    try:
+        finding = run_stage(ctx, sub, policy, stage)
+    except TransientAnalyzerError:
+        # A fault outside the input (the model server down, a batch timed out) must not use up
+        # the submission's budget and send it to people: give the delivery back. Celery's
+        # max_retries and the reconciler still bound how long it is retried.
+        with ctx.engine.begin() as conn:
+            conn.execute(
+                update(submissions)
+                .where(submissions.c.id == sub.id, submissions.c.attempts > 0)
+                .values(attempts=submissions.c.attempts - 1)
+            )
+        raise
     with ctx.engine.begin() as conn:
         if _insert_findings(conn, [(sub.id, finding)]):
             audit.append(conn, sub.tenant_id, [analyzed_event(sub.id, finding)])
@@ -561,7 +574,7 @@ def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage) -> Finding:
     try:
         item = analysis_input(ctx, sub, policy)
         finding = ctx.analyzer(stage).analyze(item)
-    except TransientAnalyzerError:
+    except (TransientAnalyzerError, FatalAnalyzerError):
         raise
     except Exception as exc:  # fail closed: the error is the finding
         log.exception("analyzer %s failed on %s", stage.stage, sub.id)

@@ -235,6 +235,8 @@ def load_policies(directory: Path, features: frozenset[str] = frozenset()) -> di
     for p in policies.values():
         for stage in p.cascade:
             name = stage.options.get("prompt")
+            if name is None and stage.analyzer == "moderation.analyzers.vlm:VlmAnalyzer":
+                name = "risk-v1"  # the analyzer's default prompt
             if name is None:
                 continue
             try:

@@ -78,14 +78,14 @@ class Settings(BaseSettings):
     vlm_device: str = "auto"  # auto | cuda | cuda:N | cpu (`moderation worker --device cpu`)
     vlm_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
     vlm_image_side: int = 672  # long side of the image fed to the model: the speed/quality trade-off
-    vlm_max_new_tokens: int = 384
+    vlm_max_new_tokens: int = 768  # 13 categories with one-line rationales need ~400-500
     vlm_batch_max: int = 16  # micro-batch: up to this many images per model call...
     vlm_batch_wait_ms: float = 50.0  # ...or what arrived this long after the first
     vlm_base_url: str | None = None  # openai engine: e.g. http://vllm:8000/v1
     vlm_api_key: str | None = None
     vlm_concurrency: int = 16
-    vlm_timeout_s: float = 120.0
-    vlm_retries: int = 3
+    vlm_timeout_s: float = 60.0  # openai engine: per request attempt
+    vlm_retries: int = 2
 
     @property
     def features(self) -> frozenset[str]:

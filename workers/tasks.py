@@ -9,6 +9,7 @@ Attempts are also counted in the database, which bounds redeliveries that Celery
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moderation import pipeline
-from moderation.analyzers.base import TransientAnalyzerError
+from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
 from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
 from workers.app import app, context
 
@@ -42,7 +43,15 @@ def ingest(self: Task, submission_ids: list[str] | str) -> str:
 
 @app.task(name=T_ANALYZE, bind=True, **RETRY)
 def analyze(self: Task, submission_id: str, stage: str) -> str:
-    return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage))
+    try:
+        return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage))
+    except FatalAnalyzerError:
+        # The model can never work again in this process (poisoned CUDA context, hung call).
+        # Exit without acknowledging: the broker redelivers this task (acks_late,
+        # reject_on_worker_lost) to a healthy worker, and the supervisor restarts this one.
+        log.critical("analyzer unusable in this process; exiting", exc_info=True)
+        logging.shutdown()
+        os._exit(70)
 
 
 @app.task(name=T_DECIDE, bind=True, **RETRY)

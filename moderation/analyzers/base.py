@@ -128,6 +128,11 @@ class TransientAnalyzerError(Exception):
     """A fault outside the input (model server down, CUDA OOM): retry later."""
 
 
+class FatalAnalyzerError(Exception):
+    """The analyzer can never work again in this process (a poisoned CUDA context, a hung model
+    call): the worker process must exit, and its unacknowledged tasks go to another worker."""
+
+
 def analyzer_class(path: str) -> type[Analyzer]:
     """The class behind a dotted path `package.module:ClassName` (imported, not instantiated)."""
     module_name, _, attr = path.partition(":")

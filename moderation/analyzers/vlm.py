@@ -12,9 +12,12 @@ per deployment (bench/eval.py); token log-probabilities are not used yet.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
-from moderation.analyzers.base import AnalysisInput, Analyzer, Finding, TransientAnalyzerError
+from PIL import Image
+
+from moderation.analyzers.base import AnalysisInput, Analyzer, FatalAnalyzerError, Finding, TransientAnalyzerError
 from moderation.settings import Settings
 from moderation.vlm.batching import MicroBatcher
 from moderation.vlm.engines import Engine, Generation, Request, build_engine, model_ref
@@ -39,9 +42,9 @@ class VlmAnalyzer(Analyzer):
         s = settings or Settings()
         self.spec = load_prompt(s.policies_dir, prompt)
         self.max_new_tokens = max_new_tokens or s.vlm_max_new_tokens
-        self.timeout_s = s.vlm_timeout_s * 4 + s.vlm_batch_wait_ms / 1000
         kind = engine or s.vlm_engine
         side = image_side or s.vlm_image_side
+        self.image_side = side
         if engine_instance is not None:
             self.engine = engine_instance
         elif kind == "openai":
@@ -63,9 +66,18 @@ class VlmAnalyzer(Analyzer):
                 image_side=side,
             )  # fmt: skip
         self.version = f"{self.engine.model_id.rstrip('/').rsplit('/', 1)[-1]}@{self.engine.model_version}"
+        # In-process models run one batch at a time; a remote server takes several batches at once
+        # (one slow request then delays only its own batch).
+        parallel = 1 if kind != "openai" else max(1, s.vlm_concurrency // max(1, s.vlm_batch_max)) + 1
         self.batcher: MicroBatcher[AnalysisInput, Finding] = MicroBatcher(
-            self.analyze_batch_outcomes, s.vlm_batch_max, s.vlm_batch_wait_ms / 1000, key=lambda i: i.submission_id
+            self.analyze_batch_outcomes,
+            s.vlm_batch_max,
+            s.vlm_batch_wait_ms / 1000,
+            key=lambda i: i.submission_id,
+            parallel=parallel,
         )
+        # An item waits for at most the batch ahead of it, then its own answer and retry.
+        self.timeout_s = 3 * self.engine.max_call_s + s.vlm_batch_wait_ms / 1000
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
@@ -83,10 +95,21 @@ class VlmAnalyzer(Analyzer):
             warm()
 
     def analyze(self, item: AnalysisInput) -> Finding:
-        """One image, batched with whatever else this process is analysing right now."""
+        """One image, batched with whatever else this process is analysing right now.
+
+        Raises TransientAnalyzerError (retry later) when its batch does not finish in time, and
+        FatalAnalyzerError when the engine is unusable for good (the worker must exit)."""
+        if self.engine.broken:
+            raise FatalAnalyzerError(f"VLM engine unusable: {self.engine.broken}")
+        future = self.batcher.submit(item)
         try:
-            return self.batcher(item, timeout=self.timeout_s)
-        except TimeoutError as exc:
+            return future.result(timeout=self.timeout_s)
+        except FuturesTimeout as exc:
+            future.cancel()  # not run later for nobody, if it has not started
+            stuck = self.batcher.running_for()
+            if stuck is not None and stuck > 2 * self.engine.max_call_s:
+                self.engine.broken = f"a model call has been running for {stuck:.0f} s"
+                raise FatalAnalyzerError(self.engine.broken) from exc
             raise TransientAnalyzerError(f"VLM batch did not finish within {self.timeout_s:.0f} s") from exc
 
     def analyze_batch(self, items: list[AnalysisInput]) -> list[Finding]:
@@ -99,10 +122,12 @@ class VlmAnalyzer(Analyzer):
         return out
 
     def analyze_batch_outcomes(self, items: list[AnalysisInput]) -> list[Finding | BaseException]:
-        prompts = [render(self.spec, list(i.categories), i.caption) for i in items]
+        prompts = [render(self.spec, list(i.categories), i.caption, self._frames(i)) for i in items]
         outcomes: list[Finding | BaseException | None] = [None] * len(items)
         pending = list(range(len(items)))
         problems: dict[int, str] = {}
+        budget = self.max_new_tokens
+        images = [self._picture(i) for i in items]
         for attempt in range(2):  # the answer, then one stricter retry for what did not parse
             if not pending:
                 break
@@ -111,9 +136,10 @@ class VlmAnalyzer(Analyzer):
                 p = prompts[i]
                 if attempt:
                     p = RenderedPrompt(p.system, f"{p.user}\n\n{self.spec.retry.strip()}", p.categories)
-                reqs.append(Request(items[i].submission_id, items[i].image, p, json_schema(list(p.categories))))
-            results = self.engine.generate(reqs, self.max_new_tokens)
+                reqs.append(Request(items[i].submission_id, images[i], p, json_schema(list(p.categories))))
+            results = self.engine.generate(reqs, budget)
             still: list[int] = []
+            cut_off = False
             for i, result in zip(pending, results, strict=True):
                 if isinstance(result, TransientAnalyzerError):
                     outcomes[i] = result  # the task retries later
@@ -123,13 +149,35 @@ class VlmAnalyzer(Analyzer):
                     try:
                         outcomes[i] = self._finding(prompts[i], result, attempt)
                     except UnparseableOutput as exc:
-                        problems[i] = str(exc)
+                        problems[i] = str(exc) + (f" (cut off at {budget} tokens)" if result.truncated else "")
+                        cut_off = cut_off or result.truncated
                         still.append(i)
             pending = still
+            if cut_off:  # the same budget would cut the retry off again
+                budget *= 2
         for i in pending:
             log.warning("vlm unparseable output for %s: %s", items[i].submission_id, problems[i])
             outcomes[i] = self._error(f"unparseable model output: {problems[i]}")
         return [o if o is not None else self._error("no outcome") for o in outcomes]
+
+    @staticmethod
+    def _frames(item: AnalysisInput) -> int:
+        return min(4, 1 + len(item.frames_sample)) if item.frames > 1 else 1
+
+    def _picture(self, item: AnalysisInput) -> Image.Image:
+        """The image the model sees: the image itself, or for an animation a grid of its first
+        frame and the sampled ones (the prompt says so), so that no frame goes unseen."""
+        frames = [item.image, *item.frames_sample][:4]
+        if len(frames) == 1:
+            return item.image
+        side = max(32, self.image_side // 2)
+        cells = [f.copy() for f in frames]
+        for c in cells:
+            c.thumbnail((side, side))
+        grid = Image.new("RGB", (2 * side, side * ((len(cells) + 1) // 2)), "white")
+        for n, c in enumerate(cells):
+            grid.paste(c, ((n % 2) * side, (n // 2) * side))
+        return grid
 
     def _model(self, g: Generation | None = None, attempt: int = 0) -> dict[str, str]:
         m = {

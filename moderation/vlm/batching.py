@@ -44,6 +44,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = 0.05,
         key: Callable[[T], str] = lambda _item: "",
         log_size: int = 1000,
+        parallel: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -53,6 +54,10 @@ class MicroBatcher(Generic[T, R]):
         self._key = key
         self._queue: queue.Queue[tuple[T, Future[R], float]] = queue.Queue()
         self.log: deque[BatchRecord] = deque(maxlen=log_size)
+        # Batches run one at a time (a GPU), or up to `parallel` at once (a remote server).
+        self._slots = threading.Semaphore(parallel)
+        self._running: dict[str, float] = {}
+        self._running_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="vlm-batcher", daemon=True)
         self._thread.start()
 
@@ -63,6 +68,11 @@ class MicroBatcher(Generic[T, R]):
 
     def __call__(self, item: T, timeout: float | None = None) -> R:
         return self.submit(item).result(timeout)
+
+    def running_for(self) -> float | None:
+        """Seconds the oldest batch now running has been running (None: none is)."""
+        with self._running_lock:
+            return time.monotonic() - min(self._running.values()) if self._running else None
 
     def _gather(self) -> list[tuple[T, Future[R], float]]:
         batch = [self._queue.get()]
@@ -78,9 +88,20 @@ class MicroBatcher(Generic[T, R]):
     def _loop(self) -> None:
         while True:
             batch = self._gather()
-            items = [b[0] for b in batch]
-            batch_id = uuid.uuid4().hex[:12]
-            started = time.monotonic()
+            # Items whose caller gave up (timed out and cancelled) are not run for nobody.
+            batch = [b for b in batch if b[1].set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            self._slots.acquire()
+            threading.Thread(target=self._run_batch, args=(batch,), name="vlm-batch", daemon=True).start()
+
+    def _run_batch(self, batch: list[tuple[T, Future[R], float]]) -> None:
+        items = [b[0] for b in batch]
+        batch_id = uuid.uuid4().hex[:12]
+        started = time.monotonic()
+        with self._running_lock:
+            self._running[batch_id] = started
+        try:
             try:
                 outcomes = self._run(items)
                 if len(outcomes) != len(items):
@@ -98,3 +119,7 @@ class MicroBatcher(Generic[T, R]):
                     fut.set_exception(outcome)
                 else:
                     fut.set_result(outcome)
+        finally:
+            with self._running_lock:
+                self._running.pop(batch_id, None)
+            self._slots.release()

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from moderation.analyzers.base import TransientAnalyzerError
+from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
 from moderation.vlm.prompts import RenderedPrompt
 
 log = logging.getLogger("moderation.vlm")
@@ -51,6 +51,7 @@ class Generation:
     batch_size: int
     tokens_in: int = 0
     tokens_out: int = 0
+    truncated: bool = False  # stopped by max_new_tokens, not by the model
 
 
 @dataclass
@@ -69,10 +70,22 @@ class BatchLogEntry:
 Outcome = Generation | BaseException
 
 
+class FatalEngineError(FatalAnalyzerError):
+    """The engine cannot work again in this process (a poisoned CUDA context)."""
+
+
+def fatal_device_error(exc: BaseException) -> bool:
+    """CUDA errors after which the process's context is unusable (unlike out-of-memory)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return ("CUDA error" in text or "AcceleratorError" in text) and "out of memory" not in text
+
+
 class Engine(Protocol):
     model_id: str
     model_version: str
     batch_log: deque[BatchLogEntry]
+    broken: str | None
+    max_call_s: float
 
     def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]: ...
 
@@ -123,10 +136,18 @@ class TransformersEngine:
             self.model, self.processor = loaded
         else:
             # Weights come from a local path or the local Hugging Face cache: never downloaded here.
-            self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                model, dtype=self.dtype, attn_implementation=attn_implementation
-            )
+            # local_files_only: a local path, or a hub id already in the local cache. Weights are
+            # never downloaded at run time; a missing checkpoint stops the worker at start-up.
+            try:
+                self.processor = AutoProcessor.from_pretrained(model, local_files_only=True)
+                self.model = AutoModelForImageTextToText.from_pretrained(
+                    model, dtype=self.dtype, attn_implementation=attn_implementation, local_files_only=True
+                )
+            except OSError as exc:
+                raise RuntimeError(
+                    f"VLM checkpoint {model!r} is not on this machine (a local path, or a hub id in the local "
+                    f"Hugging Face cache; nothing is downloaded at run time): {exc}"
+                ) from exc
             self.model.to(device).eval()
         # AutoProcessor silently falls back to a bare tokenizer when it cannot build the real
         # processor (a missing video processor, an old transformers): that would feed no pixels.
@@ -142,6 +163,8 @@ class TransformersEngine:
         self.model_version = str(getattr(self.model.config, "_commit_hash", None) or self._config_digest())
         self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
         self._lock = threading.Lock()  # one model call at a time
+        self.broken: str | None = None  # set when the device is unusable for good
+        self.max_call_s = 600.0  # a generous bound for one batched generate call
 
     def _config_digest(self) -> str:
         return hashlib.sha256(self.model.config.to_json_string().encode()).hexdigest()[:12]
@@ -161,7 +184,9 @@ class TransformersEngine:
         from moderation.vlm.prompts import RenderedPrompt as RP
 
         req = Request("warmup", Image.new("RGB", (64, 64), (128, 128, 128)), RP("", "Describe.", ()))
-        self.generate([req], max_new_tokens=2)
+        (outcome,) = self.generate([req], max_new_tokens=2)
+        if isinstance(outcome, BaseException):  # a model that cannot generate must not look ready
+            raise RuntimeError(f"VLM warm-up generation failed: {outcome!r}") from outcome
 
     def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:
         entry = _record(self.batch_log, requests)
@@ -202,11 +227,17 @@ class TransformersEngine:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
             with torch.inference_mode():
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             # Recover outside the except block: the exception's traceback still holds the failed
             # attempt's tensors, and memory is only freed once it is gone (PyTorch FAQ).
             out_of_memory = True
         except Exception as exc:
+            if fatal_device_error(exc):
+                # A device-side assert or illegal access poisons the CUDA context for good: no
+                # later call can succeed in this process. Say so; the worker exits and its
+                # unacknowledged tasks are redelivered to a healthy one.
+                self.broken = f"{type(exc).__name__}: {exc}"
+                raise FatalEngineError(self.broken) from exc
             if len(items) == 1:
                 outcomes[items[0][0]] = exc
                 return
@@ -229,18 +260,22 @@ class TransformersEngine:
         new = out[:, prompt_len:]
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         pad = self.processor.tokenizer.pad_token_id
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         for row, (i, _, _) in enumerate(items):
             n_in = int(inputs["attention_mask"][row].sum())
             n_out = int((new[row] != pad).sum()) if pad is not None else int(new.shape[1])
+            ended = any(int(t) in eos_ids for t in new[row].tolist())
             entry.tokens_in += n_in
             entry.tokens_out += n_out
-            outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out)
+            truncated = not ended and n_out >= max_new_tokens
+            outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out, truncated)
 
 
 class OpenAIEngine:
     """An OpenAI-compatible chat-completions server (vLLM, SGLang, …) over HTTP."""
 
-    RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+    RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
     def __init__(
         self,
@@ -267,16 +302,29 @@ class OpenAIEngine:
             timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=concurrency)
         )
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vlm-http")
+        self._count_lock = threading.Lock()
+        self.broken: str | None = None
+        # Worst case for one request: every attempt times out, plus the backoff between them.
+        self.max_call_s = (retries + 1) * timeout_s + sum(min(8.0, 0.25 * 2**a) * 1.5 for a in range(1, retries + 1))
         self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
 
-    def warmup(self) -> None:
-        """Fail at start-up, not on the first image, when the server is unreachable or serves another model."""
-        try:
-            resp = self._client.get(f"{self.base_url}/models")
-            resp.raise_for_status()
-            served = [m.get("id") for m in resp.json().get("data", [])]
-        except Exception as exc:
-            raise TransientAnalyzerError(f"VLM server {self.base_url} unreachable: {exc}") from exc
+    def warmup(self, wait_s: float = 600.0) -> None:
+        """Fail at start-up, not on the first image, when the server serves another model; wait
+        (with backoff, up to `wait_s`) for a server that is still starting (vLLM loads for minutes)."""
+        deadline = time.monotonic() + wait_s
+        delay = 1.0
+        while True:
+            try:
+                resp = self._client.get(f"{self.base_url}/models")
+                resp.raise_for_status()
+                served = [m.get("id") for m in resp.json().get("data", [])]
+                break
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise TransientAnalyzerError(f"VLM server {self.base_url} unreachable: {exc}") from exc
+                log.warning("VLM server %s not answering yet (%s); retrying in %.0f s", self.base_url, exc, delay)
+                time.sleep(delay)
+                delay = min(30.0, delay * 2)
         if served and self.model_id not in served:
             raise RuntimeError(f"VLM server {self.base_url} serves {served}, not {self.model_id!r}")
 
@@ -309,7 +357,10 @@ class OpenAIEngine:
 
     def _one(self, r: Request, max_new_tokens: int, entry: BatchLogEntry) -> Outcome:
         httpx = self._httpx
-        body = json.dumps(self._body(r, max_new_tokens))
+        try:
+            body = json.dumps(self._body(r, max_new_tokens))
+        except Exception as exc:  # this item's image cannot be encoded: only this item fails
+            return exc
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -328,14 +379,17 @@ class OpenAIEngine:
                 return RuntimeError(f"VLM server answered HTTP {resp.status_code}: {resp.text[:200]}")
             try:
                 data = resp.json()
-                text = data["choices"][0]["message"]["content"] or ""
+                choice = data["choices"][0]
+                text = choice["message"]["content"] or ""
                 usage = data.get("usage") or {}
+                n_in, n_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return RuntimeError(f"VLM server reply is not a chat completion: {exc}")
-            n_in, n_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-            entry.tokens_in += n_in
-            entry.tokens_out += n_out
-            return Generation(text, entry.batch_id, entry.size, n_in, n_out)
+            with self._count_lock:
+                entry.tokens_in += n_in
+                entry.tokens_out += n_out
+            truncated = choice.get("finish_reason") == "length"
+            return Generation(text, entry.batch_id, entry.size, n_in, n_out, truncated)
         return TransientAnalyzerError(f"VLM server {self.base_url} failed {self.retries + 1} times: {last}")
 
     def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:

@@ -96,9 +96,11 @@ def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_c
     chain_ok(client, keys)
 
 
-def test_poison_input_is_dead_lettered_and_fails_closed(client, keys, ctx, procs) -> None:
+@pytest.mark.parametrize("how", ["crash", "fatal"])  # killed by the input; or exits: analyzer unusable
+def test_poison_input_is_dead_lettered_and_fails_closed(client, keys, ctx, procs, how) -> None:
     worker = procs.worker(concurrency=1)
-    poison = post(client, keys["submitter"], 3000, policy="test-cascade", caption="crash")
+    seed = 3000 if how == "crash" else 3010
+    poison = post(client, keys["submitter"], seed, policy="test-cascade", caption=how)
     wait_until(lambda: all_final(ctx, [poison]), 120, what="poison item given up")
     with ctx.engine.connect() as conn:
         d = conn.execute(select(decisions).where(decisions.c.submission_id == poison)).one()
@@ -109,7 +111,7 @@ def test_poison_input_is_dead_lettered_and_fails_closed(client, keys, ctx, procs
     assert statuses(ctx, [poison])[poison] == "in_review"
     # The worker survived its children being killed and still works.
     assert worker.p.poll() is None
-    good = post(client, keys["submitter"], 3001, policy="test-cascade", caption="")
+    good = post(client, keys["submitter"], seed + 1, policy="test-cascade", caption="")
     wait_until(lambda: all_final(ctx, [good]), 60, what="next item decided")
     assert statuses(ctx, [good])[good] == "decided"
 

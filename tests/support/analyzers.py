@@ -2,7 +2,7 @@
 
 Caption grammar (`;`-separated): `hate=0.95` sets a score, `conf=0.3` the confidence,
 `inject` the prompt-injection flag, `fail` raises (like unparseable model output),
-`crash` kills the worker process (a poison input), `sleep=2` slows it down.
+`crash` kills the worker process (a poison input), `fatal` raises FatalAnalyzerError, `sleep=2` slows it down.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.analyzers.base import AnalysisInput, Analyzer, FatalAnalyzerError, Finding
 
 
 class CaptionAnalyzer(Analyzer):
@@ -33,6 +33,8 @@ class CaptionAnalyzer(Analyzer):
                 raise ValueError("unparseable model output: 'I cannot help with that'")
             if part == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if part == "fatal":  # the analyzer is unusable in this process (e.g. a poisoned CUDA context)
+                raise FatalAnalyzerError("device-side assert triggered")
             if part == "inject":
                 flags["prompt_injection"] = True
                 continue

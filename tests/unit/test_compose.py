@@ -195,7 +195,8 @@ def test_vlm_settings_reach_every_app_process(services):
 def test_vllm_is_optional(services):
     vllm = services["vllm"]
     assert vllm["image"].startswith("vllm/vllm-openai")
-    assert "gpu" in vllm["profiles"]
+    # Its own profile: never beside the in-process engine on the same GPU by accident.
+    assert vllm["profiles"] == ["vllm"]
     cmd = argv(vllm)
     assert option(cmd, "--model") == "zai-org/GLM-4.6V-Flash"
     assert option(cmd, "--port") == "8001"
