@@ -895,20 +895,22 @@ def callback_given_up(ctx: Context, submission_id: str, error: str, attempts: in
 def reconcile(ctx: Context) -> dict[str, int]:
     """Re-enqueue submissions stuck without progress (the broker may have lost them).
 
-    A stale item is re-published when the ingest queue is empty (nothing can be waiting for it:
-    the broker lost its queue, or its worker died) or when it has been stuck for five times
-    `stale_after_s` (a hard bound during a long backlog). Duplicates are harmless: each
-    delivery is idempotent.
+    A stale item is re-published when the pipeline queues are empty (nothing can be waiting for
+    it: the broker lost its queue, or its worker died) or when it has been stuck past the hard
+    bound: five times `stale_after_s`, and at least twice the broker's visibility timeout, so that
+    a long GPU backlog (items queued, not lost) does not turn into duplicate deliveries that use
+    up attempts. Duplicates are harmless otherwise: each delivery is idempotent.
     """
     now = utcnow()
-    cutoff = now - timedelta(seconds=ctx.settings.stale_after_s)
-    hard_cutoff = now - timedelta(seconds=ctx.settings.stale_after_s * 5)
+    s = ctx.settings
+    cutoff = now - timedelta(seconds=s.stale_after_s)
+    hard_cutoff = now - timedelta(seconds=max(s.stale_after_s * 5, s.visibility_timeout_s * 2))
     with ctx.engine.connect() as conn:
         stale = conn.execute(
             select(submissions.c.id, submissions.c.priority, submissions.c.updated_at)
             .where(and_(submissions.c.status.in_(ACTIVE), submissions.c.updated_at < cutoff))
             .order_by(submissions.c.updated_at)
-            .limit(ctx.settings.reconcile_batch)
+            .limit(s.reconcile_batch)
         ).all()
     if not stale:
         return {"stale": 0, "requeued": 0}
