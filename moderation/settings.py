@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     vlm_device: str = "auto"  # auto | cuda | cuda:N | cpu (`moderation worker --device cpu`)
     vlm_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
     vlm_image_side: int = 672  # long side of the image fed to the model: the speed/quality trade-off
+    # generated: the score the model wrote; logprob: its expectation under the model's token
+    # probabilities where the engine returns them (moderation/vlm/logprob.py).
+    vlm_score_method: Literal["generated", "logprob"] = "generated"
     vlm_max_new_tokens: int = 768  # 13 categories with one-line rationales need ~400-500
     vlm_batch_max: int = 16  # micro-batch: up to this many images per model call...
     vlm_batch_wait_ms: float = 50.0  # ...or what arrived this long after the first

@@ -39,6 +39,7 @@ class Finding:
     model: dict[str, str] | None = None  # id, version, prompt_version
     bank_match: dict[str, Any] | None = None  # bank, kind, label, category, distance, entry_id, hash
     cached: bool = False
+    score_methods: dict[str, str] = field(default_factory=dict)  # per category: how its score was made
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,8 +5,10 @@ categories and the caption, one engine call (micro-batched with the other images
 this process), the answer parsed and validated; an invalid answer gets one stricter retry, then
 the finding is an `unparseable` error, which the policy routes to review (fail closed).
 
-Scores are the model's own generated numbers (`score_method: generated`): calibrate thresholds
-per deployment (bench/eval.py); token log-probabilities are not used yet.
+Scores are the model's own generated numbers (`score_method: generated`), or, with
+`score_method: logprob`, their expectation under the model's token probabilities where the
+engine returns them (`moderation/vlm/logprob.py`); each finding records per category which
+method gave its score. Calibrate thresholds per deployment (bench/eval.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from moderation.analyzers.base import AnalysisInput, Analyzer, FatalAnalyzerErro
 from moderation.settings import Settings
 from moderation.vlm.batching import MicroBatcher
 from moderation.vlm.engines import Engine, Generation, Request, build_engine, model_ref
+from moderation.vlm.logprob import expected_scores
 from moderation.vlm.prompts import RenderedPrompt, UnparseableOutput, json_schema, load_prompt, parse_answer, render
 
 log = logging.getLogger("moderation.vlm")
@@ -36,12 +39,16 @@ class VlmAnalyzer(Analyzer):
         model: str | None = None,
         max_new_tokens: int | None = None,
         image_side: int | None = None,
+        score_method: str | None = None,
         settings: Settings | None = None,
         engine_instance: Engine | None = None,
     ) -> None:
         s = settings or Settings()
         self.spec = load_prompt(s.policies_dir, prompt)
         self.max_new_tokens = max_new_tokens or s.vlm_max_new_tokens
+        self.score_method = score_method or s.vlm_score_method
+        if self.score_method not in ("generated", "logprob"):
+            raise ValueError(f"score_method must be generated or logprob, not {self.score_method!r}")
         kind = engine or s.vlm_engine
         side = image_side or s.vlm_image_side
         self.image_side = side
@@ -87,7 +94,9 @@ class VlmAnalyzer(Analyzer):
         spec = load_prompt(s.policies_dir, str(options.get("prompt", "risk-v1")))
         model = options.get("model") or s.vlm_model
         engine = options.get("engine") or s.vlm_engine
-        return f"{engine}:{model}:{options.get('image_side') or s.vlm_image_side}:{spec.full_version}"
+        side = options.get("image_side") or s.vlm_image_side
+        method = options.get("score_method") or s.vlm_score_method
+        return f"{engine}:{model}:{side}:{method}:{spec.full_version}"
 
     def warmup(self) -> None:
         warm = getattr(self.engine, "warmup", None)
@@ -137,7 +146,7 @@ class VlmAnalyzer(Analyzer):
                 if attempt:
                     p = RenderedPrompt(p.system, f"{p.user}\n\n{self.spec.retry.strip()}", p.categories)
                 reqs.append(Request(items[i].submission_id, images[i], p, json_schema(list(p.categories))))
-            results = self.engine.generate(reqs, budget)
+            results = self.engine.generate(reqs, budget, logprobs=10 if self.score_method == "logprob" else 0)
             still: list[int] = []
             cut_off = False
             for i, result in zip(pending, results, strict=True):
@@ -184,7 +193,7 @@ class VlmAnalyzer(Analyzer):
             "id": self.engine.model_id,
             "version": self.engine.model_version,
             "prompt_version": self.spec.full_version,
-            "score_method": "generated",
+            "score_method": self.score_method,
         }
         if g is not None:
             m |= {"batch_id": g.batch_id, "batch_size": str(g.batch_size), "attempt": str(attempt + 1)}
@@ -197,11 +206,20 @@ class VlmAnalyzer(Analyzer):
         a = parse_answer(g.text, prompt.categories)
         cats = list(prompt.categories)
         ocr = a.ocr_text.strip()
+        scores = {c: a.categories[c].score for c in cats}
+        methods = dict.fromkeys(cats, "generated")
+        if self.score_method == "logprob" and g.steps:
+            read = expected_scores(g.steps, cats)
+            scores |= read
+            methods |= dict.fromkeys(read, "logprob")
+        model = self._model(g, attempt)
+        used = set(methods.values())
+        model["score_method"] = used.pop() if len(used) == 1 else "logprob+generated"
         return Finding(
             analyzer=self.name,
             version=self.version,
             stage="",
-            scores={c: a.categories[c].score for c in cats},
+            scores=scores,
             confidence=a.confidence,
             covered=cats,
             rationale={c: a.categories[c].rationale[:500] for c in cats},
@@ -212,5 +230,6 @@ class VlmAnalyzer(Analyzer):
                 "prompt_injection": a.prompt_injection,
             },
             ocr_text=ocr[:4000] or None,
-            model=self._model(g, attempt),
+            model=model,
+            score_methods=methods,
         )

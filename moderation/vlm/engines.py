@@ -52,6 +52,7 @@ class Generation:
     tokens_in: int = 0
     tokens_out: int = 0
     truncated: bool = False  # stopped by max_new_tokens, not by the model
+    steps: list[tuple[str, dict[str, float]]] | None = None  # per token: text, top alternatives' logprobs
 
 
 @dataclass
@@ -87,7 +88,9 @@ class Engine(Protocol):
     broken: str | None
     max_call_s: float
 
-    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]: ...
+    def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
+        """One outcome per request; with `logprobs` > 0, each generated token's top alternatives."""
+        ...
 
 
 def fit_long_side(image: Image.Image, side: int) -> Image.Image:
@@ -188,7 +191,7 @@ class TransformersEngine:
         if isinstance(outcome, BaseException):  # a model that cannot generate must not look ready
             raise RuntimeError(f"VLM warm-up generation failed: {outcome!r}") from outcome
 
-    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:
+    def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
         entry = _record(self.batch_log, requests)
         started = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(requests)
@@ -199,7 +202,7 @@ class TransformersEngine:
             except Exception as exc:
                 outcomes[i] = exc
         with self._lock:
-            self._run(ready, outcomes, max_new_tokens, entry)
+            self._run(ready, outcomes, max_new_tokens, entry, logprobs)
         entry.ms = (time.perf_counter() - started) * 1000
         entry.errors = sum(isinstance(o, BaseException) for o in outcomes)
         log.info(
@@ -214,6 +217,7 @@ class TransformersEngine:
         outcomes: list[Outcome | None],
         max_new_tokens: int,
         entry: BatchLogEntry,
+        logprobs: int = 0,
     ) -> None:
         if not items:
             return
@@ -226,7 +230,14 @@ class TransformersEngine:
             if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
             with torch.inference_mode():
-                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+                gen = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    output_scores=logprobs > 0,
+                    return_dict_in_generate=True,
+                )
+            out = gen.sequences
         except torch.cuda.OutOfMemoryError:
             # Recover outside the except block: the exception's traceback still holds the failed
             # attempt's tensors, and memory is only freed once it is gone (PyTorch FAQ).
@@ -242,19 +253,19 @@ class TransformersEngine:
                 outcomes[items[0][0]] = exc
                 return
             for item in items:  # find the item that breaks the batch: the others still run
-                self._run([item], outcomes, max_new_tokens, entry)
+                self._run([item], outcomes, max_new_tokens, entry, logprobs)
             return
         if out_of_memory:
             entry.splits += 1
-            inputs = out = None
+            inputs = gen = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
                 outcomes[items[0][0]] = RuntimeError("CUDA out of memory on a single image")
                 return
             half = len(items) // 2
-            self._run(items[:half], outcomes, max_new_tokens, entry)
-            self._run(items[half:], outcomes, max_new_tokens, entry)
+            self._run(items[:half], outcomes, max_new_tokens, entry, logprobs)
+            self._run(items[half:], outcomes, max_new_tokens, entry, logprobs)
             return
         prompt_len = inputs["input_ids"].shape[1]
         new = out[:, prompt_len:]
@@ -269,7 +280,25 @@ class TransformersEngine:
             entry.tokens_in += n_in
             entry.tokens_out += n_out
             truncated = not ended and n_out >= max_new_tokens
-            outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out, truncated)
+            steps = self._steps(gen.scores, new[row], row, logprobs, eos_ids, pad) if logprobs > 0 else None
+            outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out, truncated, steps)
+
+    def _steps(
+        self, scores: Any, tokens: Any, row: int, k: int, stop: set[int], pad: int | None
+    ) -> list[tuple[str, dict[str, float]]]:
+        """Each generated token's text and its `k` most likely alternatives (log-probabilities)."""
+        torch = self._torch
+        decode = self.processor.tokenizer.decode
+        steps: list[tuple[str, dict[str, float]]] = []
+        for t, token in enumerate(tokens.tolist()):
+            if token in stop or (pad is not None and token == pad) or t >= len(scores):
+                break
+            top = torch.log_softmax(scores[t][row].float(), dim=-1).topk(k)
+            alternatives = {
+                decode([int(i)]): float(v) for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            }
+            steps.append((decode([token]), alternatives))
+        return steps
 
 
 class OpenAIEngine:
@@ -328,7 +357,7 @@ class OpenAIEngine:
         if served and self.model_id not in served:
             raise RuntimeError(f"VLM server {self.base_url} serves {served}, not {self.model_id!r}")
 
-    def _body(self, r: Request, max_new_tokens: int) -> dict[str, Any]:
+    def _body(self, r: Request, max_new_tokens: int, logprobs: int = 0) -> dict[str, Any]:
         buf = io.BytesIO()
         fit_long_side(r.image.convert("RGB"), self.image_side).save(buf, "JPEG", quality=90)
         url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -348,6 +377,8 @@ class OpenAIEngine:
             "temperature": 0,
             "chat_template_kwargs": {"enable_thinking": False},
         }
+        if logprobs > 0:
+            body |= {"logprobs": True, "top_logprobs": logprobs}
         if self.structured and r.schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -355,10 +386,10 @@ class OpenAIEngine:
             }
         return body
 
-    def _one(self, r: Request, max_new_tokens: int, entry: BatchLogEntry) -> Outcome:
+    def _one(self, r: Request, max_new_tokens: int, entry: BatchLogEntry, logprobs: int = 0) -> Outcome:
         httpx = self._httpx
         try:
-            body = json.dumps(self._body(r, max_new_tokens))
+            body = json.dumps(self._body(r, max_new_tokens, logprobs))
         except Exception as exc:  # this item's image cannot be encoded: only this item fails
             return exc
         last = ""
@@ -383,19 +414,25 @@ class OpenAIEngine:
                 text = choice["message"]["content"] or ""
                 usage = data.get("usage") or {}
                 n_in, n_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+                steps = None
+                if logprobs > 0 and choice.get("logprobs"):
+                    steps = [
+                        (c["token"], {a["token"]: float(a["logprob"]) for a in c.get("top_logprobs") or []})
+                        for c in choice["logprobs"]["content"]
+                    ]
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return RuntimeError(f"VLM server reply is not a chat completion: {exc}")
             with self._count_lock:
                 entry.tokens_in += n_in
                 entry.tokens_out += n_out
             truncated = choice.get("finish_reason") == "length"
-            return Generation(text, entry.batch_id, entry.size, n_in, n_out, truncated)
+            return Generation(text, entry.batch_id, entry.size, n_in, n_out, truncated, steps)
         return TransientAnalyzerError(f"VLM server {self.base_url} failed {self.retries + 1} times: {last}")
 
-    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Outcome]:
+    def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
         entry = _record(self.batch_log, requests)
         started = time.perf_counter()
-        outcomes = list(self._pool.map(lambda r: self._one(r, max_new_tokens, entry), requests))
+        outcomes = list(self._pool.map(lambda r: self._one(r, max_new_tokens, entry, logprobs), requests))
         entry.ms = (time.perf_counter() - started) * 1000
         entry.errors = sum(isinstance(o, BaseException) for o in outcomes)
         log.info(

@@ -180,6 +180,29 @@ def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, redis_
     assert vlm_findings(ctx, ids) == {}
 
 
+def test_openai_engine_reads_token_logprobs_over_http(procs, tiny_vlm) -> None:
+    """The openai engine asks for `logprobs` / `top_logprobs` and reads them back per token."""
+    from PIL import Image
+
+    from moderation.vlm.engines import OpenAIEngine, Request
+    from moderation.vlm.prompts import load_prompt, render
+
+    port = free_port()
+    procs.command(
+        "openai-server",
+        ["-m", "tests.support.openai_server", "--model", str(tiny_vlm["random"]), "--port", str(port)],
+        ready="serving",
+    )
+    engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", model=str(tiny_vlm["random"]), retries=5)
+    engine.warmup(wait_s=60)
+    spec = load_prompt(Path(__file__).resolve().parents[2] / "policies", "risk-v1")
+    req = Request("k", Image.new("RGB", (90, 60), "gray"), render(spec, ["hate"], None))
+    (g,) = engine.generate([req], 5, logprobs=4)
+    assert not isinstance(g, BaseException), g
+    assert g.steps is not None and 1 <= len(g.steps) <= 5 and g.tokens_out == len(g.steps)
+    assert all(len(alts) == 4 and token in alts for token, alts in g.steps)
+
+
 def test_worker_gpus_without_gpus_fails_clearly(procs) -> None:
     import subprocess
 

@@ -48,8 +48,10 @@ def _request(body: dict[str, Any]) -> tuple[Request, int]:
 
 def create_app(model: str, max_batch: int = 8, wait_ms: float = 50.0) -> FastAPI:
     engine = TransformersEngine(model=model, device="cpu", image_side=112)
-    batcher: MicroBatcher[tuple[Request, int], Generation] = MicroBatcher(
-        lambda items: list(engine.generate([r for r, _ in items], max(n for _, n in items))),  # type: ignore[arg-type]
+    batcher: MicroBatcher[tuple[Request, int, int], Generation] = MicroBatcher(
+        lambda items: list(
+            engine.generate([r for r, _, _ in items], max(n for _, n, _ in items), max(k for _, _, k in items))
+        ),  # type: ignore[arg-type]
         max_batch,
         wait_ms / 1000,
         key=lambda item: item[0].key,
@@ -66,13 +68,30 @@ def create_app(model: str, max_batch: int = 8, wait_ms: float = 50.0) -> FastAPI
         if body.get("model") != model:
             raise HTTPException(404, f"model {body.get('model')!r} is not served")
         req, max_tokens = _request(body)
-        out = batcher((req, max_tokens), timeout=300)
+        top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
+        out = batcher((req, max_tokens, top), timeout=300)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": out.text},
+            "finish_reason": "length" if out.truncated else "stop",
+        }
+        if out.steps is not None:
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": token,
+                        "logprob": alternatives.get(token, -100.0),
+                        "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alternatives.items()],
+                    }
+                    for token, alternatives in out.steps
+                ]
+            }
         return {
             "id": f"chatcmpl-{req.key}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": "length"}],
+            "choices": [choice],
             "usage": {"prompt_tokens": out.tokens_in, "completion_tokens": out.tokens_out},
             "batch": {"id": out.batch_id, "size": out.batch_size},
         }

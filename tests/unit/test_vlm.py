@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -442,3 +443,69 @@ def test_uncovered_is_false_once_every_category_is_seen(tmp_path: Path) -> None:
     policy = load_policy(tmp_path / "default.yaml", frozenset({"vlm"}))
     everything = Finding("lite", "1", "lite", scores={}, covered=list(policy.categories))
     assert next_stage(policy, [everything], "sub") is None
+
+
+# ---------------------------------------------------------------- scores from token probabilities
+
+
+def steps_for(parts: list[tuple[str, dict[str, float]]]) -> list[tuple[str, dict[str, float]]]:
+    return [(t, {k: math.log(v) for k, v in alts.items()}) for t, alts in parts]
+
+
+def test_expected_score_reads_the_digits_the_model_weighed() -> None:
+    from moderation.vlm.logprob import expected_scores
+
+    steps = steps_for(
+        [
+            ('{"categories": {"hate": {"score": ', {}),
+            ("0", {"0": 0.8, "1": 0.2}),  # P(score is 1.x) = 0.2
+            (".", {".": 1.0}),
+            ("9", {"9": 0.5, "1": 0.5, "x": 0.1}),  # "x" is not a digit: ignored
+            ('7, "rationale": "slur"}, "spam": {"score": ', {}),
+            ("0.1", {"0.1": 1.0}),  # fused with its dot: unreadable, keeps the generated score
+            ('}, "harassment": {"score": ', {}),
+            ("1", {"1": 0.9, "0": 0.1}),
+            ('}, "nudity": {"score": ', {}),
+        ]
+    )
+    got = expected_scores(steps, ["hate", "spam", "harassment"])
+    # hate: 0.2 * 1 + 0.8 * (0.5 * 0.97 [the chosen "9" then "7"] + 0.5 * 0.15 [the middle of "1"])
+    assert got["hate"] == pytest.approx(0.2 + 0.8 * (0.5 * 0.97 + 0.5 * 0.15))
+    assert "spam" not in got
+    assert got["harassment"] == pytest.approx(0.9)
+    assert "nudity" not in got  # not asked for
+
+
+def test_logprob_scores_are_recorded_per_category(tiny_vlm: dict[str, Path]) -> None:
+    from moderation.vlm.engines import Request
+
+    a = analyzer(tiny_vlm["random"], vlm_score_method="logprob")
+    req = Request("k", Image.new("RGB", (100, 80), "gray"), render(a.spec, ["hate"], None))
+    (g,) = a.engine.generate([req], 6, logprobs=3)
+    assert g.steps is not None and 1 <= len(g.steps) <= 6
+    for token, alternatives in g.steps:
+        assert len(alternatives) == 3 and all(lp <= 0 for lp in alternatives.values())
+        assert max(alternatives, key=alternatives.__getitem__) == token  # greedy: the chosen token is the top one
+    # A scripted answer is one token: its digits cannot be read, so the generated scores stand,
+    # and the finding says so for each category.
+    from moderation.vlm.engines import Generation
+
+    g2 = Generation(json.dumps(SCRIPTED_ANSWER), "b", 1, steps=[(json.dumps(SCRIPTED_ANSWER), {})])
+    f = a._finding(render(a.spec, ["hate", "harassment"], None), g2, 0)
+    assert f.score_methods == {"hate": "generated", "harassment": "generated"}
+    assert f.model["score_method"] == "generated"
+    digits = steps_for(
+        [
+            ('{"categories": {"hate": {"score": ', {}),
+            ("0", {"0": 0.5, "1": 0.5}),
+            (".", {".": 1.0}),
+            ("0", {"0": 1.0}),
+            (', "rationale": ""}, "harassment": {"score": 0.97, "rationale": ""}}, ', {}),
+            ('"confidence": 0.9, "ocr_text": "", "prompt_injection": false}', {}),
+        ]
+    )
+    text = "".join(t for t, _ in digits)
+    f = a._finding(render(a.spec, ["hate", "harassment"], None), Generation(text, "b", 1, steps=digits), 0)
+    assert f.scores["hate"] == pytest.approx(0.5) and f.scores["harassment"] == pytest.approx(0.97)
+    assert f.score_methods == {"hate": "logprob", "harassment": "generated"}
+    assert f.model["score_method"] == "logprob+generated"
