@@ -177,9 +177,10 @@ class TransformersEngine:
             {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
         ]
-        text: str = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, enable_thinking=False
-        )
+        # Thinking off where the template has the switch (GLM, Qwen3); templates without it would
+        # take the keyword for a processor option.
+        extra = {"enable_thinking": False} if "enable_thinking" in str(self.processor.chat_template) else {}
+        text: str = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
         return text
 
     def warmup(self) -> None:

@@ -245,6 +245,22 @@ def test_loader_builds_the_real_glm_processor_and_model(scripted) -> None:
     assert text.startswith("[gMASK]<sop><|system|>") and text.endswith("<|assistant|>\n<think></think>\n")
 
 
+def test_the_engine_is_not_glm_specific(tmp_path: Path) -> None:
+    """Any image-text-to-text model whose processor has a chat template: here Qwen2.5-VL."""
+    from moderation.vlm.engines import Generation, Request, TransformersEngine
+    from moderation.vlm.synthetic import save_tiny_qwen25vl
+
+    engine = TransformersEngine(str(save_tiny_qwen25vl(tmp_path / "qwen")), device="cpu", image_side=112)
+    assert type(engine.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    spec = load_prompt(POLICIES, "risk-v1")
+    assert "enable_thinking" not in str(engine.processor.chat_template)
+    reqs = [
+        Request(f"k{i}", Image.new("RGB", (100 + 20 * i, 80), "gray"), render(spec, ["hate"], None)) for i in range(3)
+    ]
+    outs = engine.generate(reqs, 4)
+    assert all(isinstance(o, Generation) and o.tokens_out == 4 and o.batch_size == 3 for o in outs)
+
+
 def test_loader_refuses_a_processor_without_an_image_processor(scripted) -> None:
     from moderation.vlm.engines import TransformersEngine
 
