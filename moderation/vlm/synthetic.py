@@ -270,7 +270,8 @@ def save_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
     )
 
     def ids(token: str) -> int:
-        return int(fast.convert_tokens_to_ids(token))
+        found: Any = fast.convert_tokens_to_ids(token)
+        return int(found)
 
     config = Qwen2_5_VLConfig(
         text_config={
