@@ -809,6 +809,8 @@ def statement_of_reasons(
             {"block_at": rule.block_at, "review_at": rule.review_at, "restrict_at": rule.restrict_at} if rule else None
         ),
         "rationale": {k: v for f in found for k, v in f.rationale.items()},
+        # How each stage's scores were made (VLM: the generated number, or its token-probability expectation).
+        "score_methods": {f.stage: f.score_methods for f in found if f.score_methods},
         "review": {"queue": decision.review_queue, "reason": decision.review_reason} if decision.review_queue else None,
         "attempt": int(sub.attempts or 1),
         "cached": any(f.cached for f in found),

@@ -140,6 +140,7 @@ def test_vlm_batches_concurrent_items_and_decides(
     decided = events.json()["events"][-1]["facts"]
     assert decided["automated_decision"] == "AUTOMATED_DECISION_FULLY"
     assert any(m.get("prompt_version", "").startswith("risk-v1+") for m in decided.get("models", []))
+    assert set(decided["score_methods"]["vlm"].values()) == {"generated"}
     assert client.get("/v1/audit/verify", headers=auth(keys["auditor"])).json()["ok"] is True
 
 
