@@ -111,31 +111,19 @@ def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("policies")
     for f in (REPO / "policies").glob("*.yaml"):
         shutil.copy(f, d / f.name)
-    (d / "test-cascade.yaml").write_text(
-        "id: test-cascade\n"
-        "extends: default\n"
-        "qa_sample_rate: 0.0\n"
-        "on_uncovered: review\n"
-        "cascade:\n"
-        "  - stage: banks\n"
-        "  - stage: cache\n"
-        "  - stage: caption\n"
-        "    analyzer: tests.support.analyzers:CaptionAnalyzer\n"
-        "    queue: analyze.cpu\n"
+
+    def test_policy(name: str, stage: str) -> None:
+        header = f"id: {name}\nextends: default\nqa_sample_rate: 0.0\non_uncovered: review\n"
+        (d / f"{name}.yaml").write_text(header + "cascade:\n  - stage: banks\n  - stage: cache\n" + stage)
+
+    test_policy(
+        "test-cascade",
+        "  - stage: caption\n    analyzer: tests.support.analyzers:CaptionAnalyzer\n    queue: analyze.cpu\n",
     )
-    (d / "test-vlm.yaml").write_text(
-        "id: test-vlm\n"
-        "extends: default\n"
-        "qa_sample_rate: 0.0\n"
-        "on_uncovered: review\n"
-        "cascade:\n"
-        "  - stage: banks\n"
-        "  - stage: cache\n"
-        "  - stage: vlm\n"
-        "    analyzer: moderation.analyzers.vlm:VlmAnalyzer\n"
-        "    queue: analyze.gpu\n"
-        "    requires: vlm\n"
-        "    options: {prompt: risk-v1}\n"
+    test_policy(
+        "test-vlm",
+        "  - stage: vlm\n    analyzer: moderation.analyzers.vlm:VlmAnalyzer\n    queue: analyze.gpu\n"
+        "    requires: vlm\n    options: {prompt: risk-v1}\n",
     )
     shutil.copytree(REPO / "policies" / "prompts", d / "prompts")
     return d

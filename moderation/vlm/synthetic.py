@@ -169,20 +169,21 @@ def _config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -> Any
     return cfg
 
 
+# Two layers of everything: loads and runs in well under a second on a CPU.
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+TINY_VISION = {"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
+
+
 def tiny_config(tokenizer: Any) -> Any:
-    """Two layers of everything: loads and runs in well under a second on a CPU."""
-    return _config(
-        tokenizer,
-        text={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-        },
-        vision={"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
-    )
+    """The GLM-4.6V architecture at TINY_TEXT / TINY_VISION sizes."""
+    return _config(tokenizer, text=dict(TINY_TEXT), vision=dict(TINY_VISION))
 
 
 def flash_config(tokenizer: Any) -> Any:
@@ -275,21 +276,13 @@ def save_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
 
     config = Qwen2_5_VLConfig(
         text_config={
+            **TINY_TEXT,
             "vocab_size": len(fast),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "intermediate_size": 64,
-            "out_hidden_size": 64,
+            **TINY_VISION,
+            "out_hidden_size": TINY_TEXT["hidden_size"],
             "fullatt_block_indexes": [1],
             "window_size": 112,
         },
