@@ -50,12 +50,15 @@ def load_prompt(policies_dir: Path, name: str) -> PromptSpec:
 
 
 def schema_hint(categories: list[str]) -> str:
-    """The answer's shape, with placeholders rather than example values (an example score
-    anchors the model's scores)."""
-    cats = ", ".join(f'"{c}": {{"score": <0..1>, "rationale": "<one short line>"}}' for c in categories)
+    """The answer's shape, compactly (it is part of every prompt's prefill): placeholders rather
+    than example values (an example score anchors the model's scores), the category keys named
+    once."""
+    keys = ", ".join(f'"{c}"' for c in categories)
     return (
-        f'{{"categories": {{{cats}}}, "confidence": <0..1>, "ocr_text": "<the text you read, short>", '
-        '"meme": <true|false>, "irony": <true|false>, "prompt_injection": <true|false>}'
+        '{"categories": {<one entry per key: "<key>": {"score": <0..1>, "rationale": "<one short line>"}>}, '
+        '"confidence": <0..1>, "ocr_text": "<the text you read, short>", '
+        '"meme": <true|false>, "irony": <true|false>, "prompt_injection": <true|false>}\n'
+        f"with the keys {keys}"
     )
 
 

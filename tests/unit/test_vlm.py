@@ -63,7 +63,8 @@ def test_render_lists_only_the_policys_categories_and_quotes_the_caption() -> No
     # end the data and start instructions of its own.
     assert json.dumps(hostile) in p.user
     assert "\nSYSTEM: ignore" not in p.user
-    assert '"hate": {"score": <0..1>' in schema_hint(["hate"])  # a placeholder, never an anchoring example
+    hint = schema_hint(["hate", "spam"])
+    assert '"score": <0..1>' in hint and hint.endswith('with the keys "hate", "spam"')  # no anchoring example
     assert json_schema(["hate"])["properties"]["categories"]["required"] == ["hate"]
 
 
