@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -179,36 +180,35 @@ def worker(
     procs = {g: start(g) for g in wanted}
     started = dict.fromkeys(wanted, time.monotonic())
     failures = dict.fromkeys(wanted, 0)
-    stopping = False
+    stopping = threading.Event()
 
     def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
         for p in procs.values():
             if p.poll() is None:
                 p.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # A GPU worker that exits is restarted alone, with backoff; one that keeps failing within a
-    # minute of starting (a missing checkpoint, a broken GPU) ends the group with its exit code,
-    # so that the supervisor sees it instead of a silent crash loop.
+    # A GPU worker that exits is restarted alone, with backoff. Five exits in a row, none after
+    # ten minutes of work (a missing checkpoint, a broken GPU), end the group with its exit
+    # code, so that the supervisor sees it instead of a silent crash loop.
     code = 0
-    while not stopping:
-        time.sleep(1)
+    while not stopping.wait(1):
         for g, p in list(procs.items()):
             rc = p.poll()
-            if rc is None or stopping:
+            if rc is None or stopping.is_set():
                 continue
-            failures[g] = failures[g] + 1 if time.monotonic() - started[g] < 60 else 1
+            failures[g] = failures[g] + 1 if time.monotonic() - started[g] < 600 else 1
             if failures[g] >= 5:
-                err.print(f"[red]gpu{g} exited {rc} five times within a minute of starting; stopping[/]")
-                code = rc or 1
+                err.print(f"[red]gpu{g} exited ({rc}) five times in a row; stopping[/]")
+                code = rc if rc > 0 else 128 - rc if rc < 0 else 1  # killed by signal N: 128 + N
                 stop()
                 break
             delay = min(60, 2 ** failures[g])
             err.print(f"[yellow]gpu{g} exited with {rc}; restarting in {delay} s[/]")
-            time.sleep(delay)
+            if stopping.wait(delay):  # a stop during the backoff starts nothing new
+                break
             procs[g], started[g] = start(g), time.monotonic()
     for p in procs.values():
         p.wait()

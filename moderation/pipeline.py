@@ -50,9 +50,7 @@ from moderation.models import dead_letters, decisions, findings, iso, review_tas
 from moderation.policy import BUILTIN_STAGES, Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import (
     Q_CALLBACKS,
-    Q_CPU,
     Q_DECIDE,
-    Q_GPU,
     Q_INGEST,
     T_ANALYZE,
     T_CALLBACK,
@@ -504,8 +502,11 @@ def escalates(policy: Policy, stage: Stage, found: list[Finding]) -> bool:
     return False
 
 
-def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
+def analyze(ctx: Context, submission_id: str, stage_name: str, isolate: bool = False) -> str:
     """Run one analyzer stage for one submission and hand over to `decide`.
+
+    `isolate`: this delivery is a redelivery or a retry (it may be the item that broke a batch
+    or a worker): analyzers that batch run it on its own.
 
     Any exception from the analyzer other than TransientAnalyzerError becomes an error
     finding (fail closed); transient ones propagate for the task to retry with backoff.
@@ -528,8 +529,10 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
         ctx.publisher.send(T_DECIDE, [sub.id], Q_DECIDE, sub.priority)
         return "already_analyzed"
     try:
-        finding = run_stage(ctx, sub, policy, stage)
-    except TransientAnalyzerError:
+        finding = run_stage(ctx, sub, policy, stage, isolate)
+    except TransientAnalyzerError as exc:
+        if exc.charge_attempt:
+            raise
         # A fault outside the input (the model server down, a batch timed out) must not use up
         # the submission's budget and send it to people: give the delivery back. Celery's
         # max_retries and the reconciler still bound how long it is retried.
@@ -547,7 +550,7 @@ def analyze(ctx: Context, submission_id: str, stage_name: str) -> str:
     return "analyzed" if not finding.error else "analyzer_error"
 
 
-def analysis_input(ctx: Context, sub: Any, policy: Policy) -> AnalysisInput:
+def analysis_input(ctx: Context, sub: Any, policy: Policy, isolate: bool = False) -> AnalysisInput:
     """The normalised image (and, for animations, a few more frames) for an analyzer."""
     data = ctx.blobs.get(sub.sha256)
     with Image.open(io.BytesIO(data)) as im:
@@ -566,13 +569,14 @@ def analysis_input(ctx: Context, sub: Any, policy: Policy) -> AnalysisInput:
         frames=sub.frames,
         categories=tuple(policy.categories),
         frames_sample=frames,
+        isolate=isolate,
     )
 
 
-def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage) -> Finding:
+def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage, isolate: bool = False) -> Finding:
     started = time.perf_counter()
     try:
-        item = analysis_input(ctx, sub, policy)
+        item = analysis_input(ctx, sub, policy, isolate)
         finding = ctx.analyzer(stage).analyze(item)
     except (TransientAnalyzerError, FatalAnalyzerError):
         raise
@@ -909,18 +913,33 @@ def reconcile(ctx: Context) -> dict[str, int]:
     hard_cutoff = now - timedelta(seconds=max(s.stale_after_s * 5, s.visibility_timeout_s * 2))
     with ctx.engine.connect() as conn:
         stale = conn.execute(
-            select(submissions.c.id, submissions.c.priority, submissions.c.updated_at)
+            select(submissions.c.id, submissions.c.priority, submissions.c.updated_at, submissions.c.policy_id)
             .where(and_(submissions.c.status.in_(ACTIVE), submissions.c.updated_at < cutoff))
             .order_by(submissions.c.updated_at)
             .limit(s.reconcile_batch)
         ).all()
+        done = _stored_findings(conn, [r.id for r in stale]) if stale else {}
     if not stale:
         return {"stale": 0, "requeued": 0}
-    # Anything still waiting in a queue (a long analyzer backlog) is not lost: only re-enqueue when
-    # every pipeline queue is empty, or past the hard limit.
-    depths = [ctx.publisher.queue_depth(q) for q in (Q_INGEST, Q_DECIDE, Q_CPU, Q_GPU)]
-    depth = None if any(d is None for d in depths) else sum(d for d in depths if d is not None)
-    due = [r for r in stale if depth == 0 or _utc(r.updated_at) < hard_cutoff]
+    # Anything still waiting in a queue (a long analyzer backlog) is not lost: re-enqueue an item
+    # when the queues it can be waiting in are empty (ingest, and the queue of its next stage, or
+    # decide), or past the hard limit. A GPU backlog does not hold back a lost CPU-stage item.
+    depth_of: dict[str, int | None] = {}
+
+    def depth(queue: str) -> int | None:
+        if queue not in depth_of:
+            depth_of[queue] = ctx.publisher.queue_depth(queue)
+        return depth_of[queue]
+
+    def waiting_in(r: Any) -> list[str]:
+        policy = ctx.policies.get(r.policy_id)
+        stages = {f.stage for f in done.get(r.id, [])}
+        nxt = next((st for st in (policy.analyzer_stages if policy else []) if st.stage not in stages), None)
+        return [Q_INGEST, nxt.queue if nxt else Q_DECIDE, Q_DECIDE]
+
+    due = [
+        r for r in stale if _utc(r.updated_at) < hard_cutoff or all(depth(q) == 0 for q in dict.fromkeys(waiting_in(r)))
+    ]
     if not due:
         return {"stale": len(stale), "requeued": 0}
     ids = [r.id for r in due]
@@ -936,7 +955,10 @@ def reconcile(ctx: Context) -> dict[str, int]:
     for priority, pids in by_priority.items():
         for k in range(0, len(pids), ctx.settings.ingest_batch_max):
             ctx.publisher.ingest(pids[k : k + ctx.settings.ingest_batch_max], priority)
-    log.warning("reconciler re-enqueued %d stale submissions (pipeline queue depth %s)", len(due), depth)
+    known = [d for d in depth_of.values() if d is not None]
+    total = sum(known) if len(known) == len(depth_of) else None
+    details = " ".join(f"{q}={d}" for q, d in depth_of.items())
+    log.warning("reconciler re-enqueued %d stale submissions (pipeline queue depth %s: %s)", len(due), total, details)
     return {"stale": len(stale), "requeued": len(due)}
 
 

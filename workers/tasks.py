@@ -44,7 +44,10 @@ def ingest(self: Task, submission_ids: list[str] | str) -> str:
 @app.task(name=T_ANALYZE, bind=True, **RETRY)
 def analyze(self: Task, submission_id: str, stage: str) -> str:
     try:
-        return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage))
+        # A redelivered or retried message may carry the item that broke a batch or a worker:
+        # it runs on its own, so it cannot take other items down with it again.
+        isolate = bool(self.request.retries) or bool((self.request.delivery_info or {}).get("redelivered"))
+        return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage, isolate))
     except FatalAnalyzerError:
         # The model can never work again in this process (poisoned CUDA context, hung call).
         # Exit without acknowledging: the broker redelivers this task (acks_late,

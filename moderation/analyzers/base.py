@@ -91,6 +91,7 @@ class AnalysisInput:
     frames: int = 1
     categories: tuple[str, ...] = ()  # the policy's categories in scope
     frames_sample: tuple[Image.Image, ...] = ()  # a few more frames of an animation (RGB)
+    isolate: bool = False  # a redelivery or retry: a batching analyzer runs it on its own
 
 
 class Analyzer(ABC):
@@ -126,7 +127,15 @@ class Analyzer(ABC):
 
 
 class TransientAnalyzerError(Exception):
-    """A fault outside the input (model server down, CUDA OOM): retry later."""
+    """A fault worth retrying later (model server down, a batch timed out).
+
+    `charge_attempt` False (a fault outside the input: the server is unreachable) gives the
+    submission its attempt back; True (the server fails on this item each time) keeps it
+    counted, so an input that always breaks the server ends in review instead of looping."""
+
+    def __init__(self, message: str, charge_attempt: bool = False) -> None:
+        super().__init__(message)
+        self.charge_attempt = charge_attempt
 
 
 class FatalAnalyzerError(Exception):

@@ -50,6 +50,7 @@ class VlmAnalyzer(Analyzer):
         if self.score_method not in ("generated", "logprob"):
             raise ValueError(f"score_method must be generated or logprob, not {self.score_method!r}")
         kind = engine or s.vlm_engine
+        self.kind = kind
         side = image_side or s.vlm_image_side
         self.image_side = side
         if engine_instance is not None:
@@ -83,8 +84,9 @@ class VlmAnalyzer(Analyzer):
             key=lambda i: i.submission_id,
             parallel=parallel,
         )
-        # An item waits for at most the batch ahead of it, then its own answer and retry.
-        self.timeout_s = 3 * self.engine.max_call_s + s.vlm_batch_wait_ms / 1000
+        # An item waits for at most the batch ahead of it, then its own answer and retry; and
+        # below the broker's visibility timeout, after which the message would be redelivered.
+        self.timeout_s = min(3 * self.engine.max_call_s, 0.8 * s.visibility_timeout_s) + s.vlm_batch_wait_ms / 1000
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
@@ -110,13 +112,23 @@ class VlmAnalyzer(Analyzer):
         FatalAnalyzerError when the engine is unusable for good (the worker must exit)."""
         if self.engine.broken:
             raise FatalAnalyzerError(f"VLM engine unusable: {self.engine.broken}")
+        if not self.batcher.alive:
+            raise FatalAnalyzerError("the VLM batcher thread has died")
+        if item.isolate:  # a redelivery: run alone (the engine still serialises model calls)
+            (outcome,) = self.analyze_batch_outcomes([item])
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         future = self.batcher.submit(item)
         try:
             return future.result(timeout=self.timeout_s)
         except FuturesTimeout as exc:
             future.cancel()  # not run later for nobody, if it has not started
             stuck = self.batcher.running_for()
-            if stuck is not None and stuck > 2 * self.engine.max_call_s:
+            # A batch is two rounds (answer, retry) of at most max_call_s each, plus splits. An
+            # in-process model stuck well past that is hung: restarting the worker helps. A slow
+            # remote server is not fixed by a restart: that stays a transient fault.
+            if stuck is not None and stuck > 4 * self.engine.max_call_s and self.kind != "openai":
                 self.engine.broken = f"a model call has been running for {stuck:.0f} s"
                 raise FatalAnalyzerError(self.engine.broken) from exc
             raise TransientAnalyzerError(f"VLM batch did not finish within {self.timeout_s:.0f} s") from exc
@@ -176,7 +188,7 @@ class VlmAnalyzer(Analyzer):
     def _picture(self, item: AnalysisInput) -> Image.Image:
         """The image the model sees: the image itself, or for an animation a grid of its first
         frame and the sampled ones (the prompt says so), so that no frame goes unseen."""
-        frames = [item.image, *item.frames_sample][:4]
+        frames = [item.image, *item.frames_sample[-3:]]  # the samples end with the last frame
         if len(frames) == 1:
             return item.image
         side = max(32, self.image_side // 2)
@@ -209,7 +221,8 @@ class VlmAnalyzer(Analyzer):
         scores = {c: a.categories[c].score for c in cats}
         methods = dict.fromkeys(cats, "generated")
         if self.score_method == "logprob" and g.steps:
-            read = expected_scores(g.steps, cats)
+            # Only ever raises a score (see moderation/vlm/logprob.py): uncertainty goes to people.
+            read = {c: v for c, v in expected_scores(g.steps, cats).items() if v > scores[c]}
             scores |= read
             methods |= dict.fromkeys(read, "logprob")
         model = self._model(g, attempt)

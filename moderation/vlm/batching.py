@@ -55,7 +55,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue[tuple[T, Future[R], float]] = queue.Queue()
         self.log: deque[BatchRecord] = deque(maxlen=log_size)
         # Batches run one at a time (a GPU), or up to `parallel` at once (a remote server).
-        self._slots = threading.Semaphore(parallel)
+        self._slots = threading.BoundedSemaphore(parallel)
         self._running: dict[str, float] = {}
         self._running_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="vlm-batcher", daemon=True)
@@ -85,15 +85,26 @@ class MicroBatcher(Generic[T, R]):
                 break
         return batch
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
         while True:
+            # A slot first, then the batch: items stay cancellable while earlier batches run.
+            self._slots.acquire()
             batch = self._gather()
             # Items whose caller gave up (timed out and cancelled) are not run for nobody.
             batch = [b for b in batch if b[1].set_running_or_notify_cancel()]
             if not batch:
+                self._slots.release()
                 continue
-            self._slots.acquire()
-            threading.Thread(target=self._run_batch, args=(batch,), name="vlm-batch", daemon=True).start()
+            try:
+                threading.Thread(target=self._run_batch, args=(batch,), name="vlm-batch", daemon=True).start()
+            except BaseException as exc:  # no thread: fail these items, keep the loop alive
+                self._slots.release()
+                for _item, fut, _t in batch:
+                    fut.set_exception(exc)
 
     def _run_batch(self, batch: list[tuple[T, Future[R], float]]) -> None:
         items = [b[0] for b in batch]

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -91,6 +92,22 @@ class Engine(Protocol):
     def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
         """One outcome per request; with `logprobs` > 0, each generated token's top alternatives."""
         ...
+
+
+def add_alternative(alternatives: dict[str, float], text: str, logprob: float) -> None:
+    """Two tokens that decode to the same text (" 1" and "1") are one alternative: add their
+    probabilities rather than let the later, less likely one overwrite the other."""
+    if text in alternatives:
+        alternatives[text] = float(math.log(math.exp(alternatives[text]) + math.exp(logprob)))
+    else:
+        alternatives[text] = logprob
+
+
+def alternatives_of(top: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for a in top:
+        add_alternative(out, str(a["token"]), float(a["logprob"]))
+    return out
 
 
 def fit_long_side(image: Image.Image, side: int) -> Image.Image:
@@ -167,7 +184,19 @@ class TransformersEngine:
         self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
         self._lock = threading.Lock()  # one model call at a time
         self.broken: str | None = None  # set when the device is unusable for good
-        self.max_call_s = 600.0  # a generous bound for one batched generate call
+        self.max_call_s = 120.0  # a generous bound for one batched generate call on a GPU
+
+    def _device_lost(self) -> bool:
+        """After an unexpected error on a GPU: is the CUDA context still usable? Errors such as
+        CUBLAS_STATUS_EXECUTION_FAILED do not say "CUDA error" but poison the context all the
+        same; a synchronize tells."""
+        if not self.device.startswith("cuda"):
+            return False
+        try:
+            self._torch.cuda.synchronize()
+        except Exception:
+            return True
+        return False
 
     def _config_digest(self) -> str:
         return hashlib.sha256(self.model.config.to_json_string().encode()).hexdigest()[:12]
@@ -235,7 +264,7 @@ class TransformersEngine:
                     **inputs,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    output_scores=logprobs > 0,
+                    output_logits=logprobs > 0,  # raw logits, as a server's logprobs are
                     return_dict_in_generate=True,
                 )
             out = gen.sequences
@@ -244,7 +273,7 @@ class TransformersEngine:
             # attempt's tensors, and memory is only freed once it is gone (PyTorch FAQ).
             out_of_memory = True
         except Exception as exc:
-            if fatal_device_error(exc):
+            if fatal_device_error(exc) or self._device_lost():
                 # A device-side assert or illegal access poisons the CUDA context for good: no
                 # later call can succeed in this process. Say so; the worker exits and its
                 # unacknowledged tasks are redelivered to a healthy one.
@@ -281,7 +310,7 @@ class TransformersEngine:
             entry.tokens_in += n_in
             entry.tokens_out += n_out
             truncated = not ended and n_out >= max_new_tokens
-            steps = self._steps(gen.scores, new[row], row, logprobs, eos_ids, pad) if logprobs > 0 else None
+            steps = self._steps(gen.logits, new[row], row, logprobs, eos_ids, pad) if logprobs > 0 else None
             outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out, truncated, steps)
 
     def _steps(
@@ -295,9 +324,9 @@ class TransformersEngine:
             if token in stop or (pad is not None and token == pad) or t >= len(scores):
                 break
             top = torch.log_softmax(scores[t][row].float(), dim=-1).topk(k)
-            alternatives = {
-                decode([int(i)]): float(v) for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-            }
+            alternatives: dict[str, float] = {}
+            for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                add_alternative(alternatives, decode([int(i)]), float(v))
             steps.append((decode([token]), alternatives))
         return steps
 
@@ -394,6 +423,7 @@ class OpenAIEngine:
         except Exception as exc:  # this item's image cannot be encoded: only this item fails
             return exc
         last = ""
+        answered = False  # the server answered (an error): it may be this item that breaks it
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
@@ -406,6 +436,7 @@ class OpenAIEngine:
                 continue
             if resp.status_code in self.RETRY_STATUS:
                 last = f"HTTP {resp.status_code}"
+                answered = answered or resp.status_code >= 500
                 continue
             if resp.status_code >= 400:  # the server refuses this request: final for this item
                 return RuntimeError(f"VLM server answered HTTP {resp.status_code}: {resp.text[:200]}")
@@ -418,7 +449,7 @@ class OpenAIEngine:
                 steps = None
                 if logprobs > 0 and choice.get("logprobs"):
                     steps = [
-                        (c["token"], {a["token"]: float(a["logprob"]) for a in c.get("top_logprobs") or []})
+                        (c["token"], alternatives_of(c.get("top_logprobs") or []))
                         for c in choice["logprobs"]["content"]
                     ]
             except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -428,7 +459,9 @@ class OpenAIEngine:
                 entry.tokens_out += n_out
             truncated = choice.get("finish_reason") == "length"
             return Generation(text, entry.batch_id, entry.size, n_in, n_out, truncated, steps)
-        return TransientAnalyzerError(f"VLM server {self.base_url} failed {self.retries + 1} times: {last}")
+        return TransientAnalyzerError(
+            f"VLM server {self.base_url} failed {self.retries + 1} times: {last}", charge_attempt=answered
+        )
 
     def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
         entry = _record(self.batch_log, requests)

@@ -10,6 +10,9 @@ rationale comes from the same answer.
 
 A score whose digits the tokenizer fused with other characters (a token "0.9") cannot be read
 this way: it keeps the generated value, and the finding records which method gave each score.
+The analyzer uses the expectation only to raise a score (max of the two): uncertainty sends an
+item towards a human, never towards allow, and text the model echoed (JSON read in the image, a
+thinking block) can never lower what it wrote in its answer.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def expected_scores(steps: list[TokenStep], categories: list[str] | tuple[str, .
         if p_one is None:
             continue
         fraction = 0.0
+        if token.strip().startswith("1"):
+            # The model wrote 1.x: what it would have written after a "0" is unknown; count that
+            # branch as the top of the range rather than as 0.
+            out[cat] = min(1.0, p_one + (1.0 - p_one) * 0.95)
+            continue
         if "." in m.group("num"):
             frac_at = at + 2
             j = bisect_right(starts, frac_at) - 1
@@ -63,10 +71,11 @@ def expected_scores(steps: list[TokenStep], categories: list[str] | tuple[str, .
                 continue
             # Each alternative stands for the middle of its interval ("9" -> 0.95); the token the
             # model chose keeps the digits it went on to write ("9" then "7" -> 0.97).
-            digits = {t: (int(t) + 0.5) / 10 ** len(t) for t in steps[j][1] if t.isdigit()}
             chosen = steps[j][0]
-            if chosen.isdigit():
-                digits[chosen] = float("0." + m.group("num")[2:])
+            if not chosen.isdigit():
+                continue  # digits fused with what follows ("97,"): keep the generated value
+            digits = {t: (int(t) + 0.5) / 10 ** len(t) for t in steps[j][1] if t.isdigit()}
+            digits[chosen] = float("0." + m.group("num")[2:])
             expected = _dist(steps[j][1], digits)
             if expected is None:
                 continue

@@ -481,16 +481,46 @@ def test_expected_score_reads_the_digits_the_model_weighed() -> None:
             ('7, "rationale": "slur"}, "spam": {"score": ', {}),
             ("0.1", {"0.1": 1.0}),  # fused with its dot: unreadable, keeps the generated score
             ('}, "harassment": {"score": ', {}),
-            ("1", {"1": 0.9, "0": 0.1}),
+            ("1", {"1": 0.9, "0": 0.1}),  # wrote 1: the "0" branch is unknown, counted high
+            ('}, "self_harm": {"score": ', {}),
+            ("0", {"0": 1.0}),
+            (".", {".": 1.0}),
+            ("97,", {"97,": 0.9, "1": 0.1}),  # digits fused with the comma: unreadable
             ('}, "nudity": {"score": ', {}),
         ]
     )
-    got = expected_scores(steps, ["hate", "spam", "harassment"])
+    got = expected_scores(steps, ["hate", "spam", "harassment", "self_harm"])
     # hate: 0.2 * 1 + 0.8 * (0.5 * 0.97 [the chosen "9" then "7"] + 0.5 * 0.15 [the middle of "1"])
     assert got["hate"] == pytest.approx(0.2 + 0.8 * (0.5 * 0.97 + 0.5 * 0.15))
     assert "spam" not in got
-    assert got["harassment"] == pytest.approx(0.9)
+    assert got["harassment"] == pytest.approx(0.9 + 0.1 * 0.95)
+    assert "self_harm" not in got
     assert "nudity" not in got  # not asked for
+
+
+def test_alternatives_that_decode_alike_add_up() -> None:
+    from moderation.vlm.engines import alternatives_of
+
+    alts = alternatives_of([{"token": "1", "logprob": math.log(0.6)}, {"token": "1", "logprob": math.log(0.3)}])
+    assert alts == {"1": pytest.approx(math.log(0.9))}
+
+
+def test_logprob_can_only_raise_a_score(tiny_vlm: dict[str, Path]) -> None:
+    """Text the model echoed before its answer (JSON read in the image) must not lower it."""
+    from moderation.vlm.engines import Generation
+
+    a = analyzer(tiny_vlm["random"], vlm_score_method="logprob")
+    echoed = json.dumps(answer())  # every score 0.0, the model 100 % sure of the digits it copied
+    at = echoed.index('"hate": {"score": ') + len('"hate": {"score": ')
+    real = json.dumps(answer(hate=0.9))
+    steps = [
+        (echoed[:at], {}),
+        *steps_for([("0", {"0": 1.0}), (".", {".": 1.0}), ("0", {"0": 1.0})]),
+        (echoed[at + 3 :] + " " + real, {}),
+    ]
+    text = "".join(t for t, _ in steps)
+    f = a._finding(render(a.spec, CATS, None), Generation(text, "b", 1, steps=steps), 0)
+    assert f.scores["hate"] == pytest.approx(0.9) and f.score_methods["hate"] == "generated"
 
 
 def test_logprob_scores_are_recorded_per_category(tiny_vlm: dict[str, Path]) -> None:
@@ -526,3 +556,49 @@ def test_logprob_scores_are_recorded_per_category(tiny_vlm: dict[str, Path]) -> 
     assert f.scores["hate"] == pytest.approx(0.5) and f.scores["harassment"] == pytest.approx(0.97)
     assert f.score_methods == {"hate": "logprob", "harassment": "generated"}
     assert f.model["score_method"] == "logprob+generated"
+
+
+def test_a_redelivered_item_runs_on_its_own(scripted) -> None:
+    before = len(scripted.engine.batch_log)
+    results: list[Finding] = []
+    items = [item(1), item(2), AnalysisInput(**{**item(3).__dict__, "isolate": True})]
+    threads = [threading.Thread(target=lambda i=i: results.append(scripted.analyze(i))) for i in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    calls = list(scripted.engine.batch_log)[before:]
+    assert sorted(c.size for c in calls) == [1, 2] and ["sub3"] in [c.keys for c in calls]
+    assert all(r.error is None for r in results)
+
+
+def test_a_server_that_fails_on_one_item_charges_its_attempts() -> None:
+    """Unreachable server: the attempt is given back. A server that answers 500 to this item
+    every time: the attempt counts, so the input ends in review rather than looping."""
+    import http.server
+    import socketserver
+
+    from moderation.analyzers.base import TransientAnalyzerError
+    from moderation.vlm.engines import OpenAIEngine, Request
+    from moderation.vlm.prompts import RenderedPrompt
+
+    class Fails(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Fails)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    req = Request("k", Image.new("RGB", (40, 40)), RenderedPrompt("", "hi", ()))
+    try:
+        (out,) = OpenAIEngine(f"http://127.0.0.1:{server.server_address[1]}/v1", retries=1).generate([req], 4)
+        assert isinstance(out, TransientAnalyzerError) and out.charge_attempt
+    finally:
+        server.shutdown()
+        server.server_close()
+    (down,) = OpenAIEngine(f"http://127.0.0.1:{server.server_address[1]}/v1", retries=1).generate([req], 4)
+    assert isinstance(down, TransientAnalyzerError) and not down.charge_attempt
