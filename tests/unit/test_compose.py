@@ -202,6 +202,7 @@ def test_vllm_is_optional(services):
     assert option(cmd, "--port") == "8001"
     assert vllm["deploy"]["resources"]["reservations"]["devices"]
     assert "/root/.cache/huggingface" in mounts(vllm)
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
 
 
 def test_beat(services):
