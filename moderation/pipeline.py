@@ -901,9 +901,9 @@ def callback_given_up(ctx: Context, submission_id: str, error: str, attempts: in
 def reconcile(ctx: Context) -> dict[str, int]:
     """Re-enqueue submissions stuck without progress (the broker may have lost them).
 
-    A stale item is re-published when the pipeline queues are empty (nothing can be waiting for
-    it: the broker lost its queue, or its worker died) or when it has been stuck past the hard
-    bound: five times `stale_after_s`, and at least twice the broker's visibility timeout, so that
+    A stale item is re-published when the queues it can be waiting in are empty (nothing can be
+    waiting for it: the broker lost its queue, or its worker died) or when it has been stuck past
+    the hard bound: five times `stale_after_s`, and at least twice the broker's visibility timeout, so that
     a long GPU backlog (items queued, not lost) does not turn into duplicate deliveries that use
     up attempts. Duplicates are harmless otherwise: each delivery is idempotent.
     """

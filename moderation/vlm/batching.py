@@ -124,7 +124,8 @@ class MicroBatcher(Generic[T, R]):
                 batch_id, len(items), tuple(self._key(i) for i in items), (started - batch[0][2]) * 1000, run_ms
             )
             self.log.append(record)
-            log.info("vlm batch=%s size=%d wait_ms=%.1f run_ms=%.1f", batch_id, len(items), record.wait_ms, run_ms)
+            # Debug only: the engine logs each model call at info (the record operators read).
+            log.debug("vlm batch=%s size=%d wait_ms=%.1f run_ms=%.1f", batch_id, len(items), record.wait_ms, run_ms)
             for (_item, fut, _t), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     fut.set_exception(outcome)
