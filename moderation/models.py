@@ -206,6 +206,28 @@ dead_letters = Table(
     timestamp("created_at", nullable=False, default=utcnow),
 )
 
+# The webhook outbox: written in the decision's transaction, so that a decision is never
+# without its callback (a worker killed after commit, or a broker that lost the message, leaves
+# a pending row that the reconciler re-publishes). One row per decision (`event` = its dedupe key).
+callback_deliveries = Table(
+    "callback_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),  # X-Moderation-Delivery: the receiver's dedupe key
+    Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status", Integer, nullable=True),  # the receiver's last HTTP status
+    Column("last_error", Text, nullable=True),
+    timestamp("next_attempt_at", nullable=False),
+    timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("delivered_at", nullable=True),
+    UniqueConstraint("submission_id", "event", name="uq_callback_deliveries_sub_event"),
+    Index("ix_callback_deliveries_due", "status", "next_attempt_at"),
+)
+
 banks = Table(
     "banks",
     metadata,

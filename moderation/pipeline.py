@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from sqlalchemy import Connection, Engine, and_, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from moderation import audit
+from moderation import audit, callbacks
 from moderation.analyzers.base import (
     AnalysisInput,
     Analyzer,
@@ -193,8 +193,21 @@ def _check_fields(ctx: Context, req: SubmissionRequest) -> str:
         ("policy", req.policy, 64),
     ):
         check_text(name, value, limit)
-    if req.callback_url and not _URL.fullmatch(req.callback_url):
-        raise bad("callback_url must be an http(s) URL.", field="callback_url")
+    if req.callback_url:
+        try:
+            refused = callbacks.literal_host_refused(req.callback_url)
+        except ValueError:
+            refused = False
+            valid = False
+        else:
+            valid = bool(_URL.fullmatch(req.callback_url))
+        if not valid:
+            raise bad("callback_url must be an http(s) URL.", field="callback_url")
+        if refused and not ctx.settings.callback_allow_private:
+            raise bad(
+                "callback_url must point to a public address (MODERATION_CALLBACK_ALLOW_PRIVATE allows others).",
+                field="callback_url",
+            )
     policy_id = req.policy or req.default_policy or ctx.settings.default_policy
     if policy_id not in ctx.policies:
         raise ModerationError("UNKNOWN_POLICY", f"No policy {policy_id!r}; known: {', '.join(sorted(ctx.policies))}.")
@@ -520,7 +533,9 @@ def analyze(ctx: Context, submission_id: str, stage_name: str, isolate: bool = F
             found = _stored_findings(conn, [sub.id])[sub.id]
             why = f"gave up after {sub.attempts - 1} attempts" if policy else "policy no longer loaded"
             event = dead_letter_event(conn, sub, f"analyze:{stage_name}", why)
-            finalize_many(ctx, conn, [_Due(sub, policy, found, [], [event], reason="exhausted_retries")])
+            decided = finalize_many(ctx, conn, [_Due(sub, policy, found, [], [event], reason="exhausted_retries")])
+        if sub.id in decided and sub.callback_url:
+            ctx.publisher.send(T_CALLBACK, [sub.id], Q_CALLBACKS)
         return "dead_lettered"
     stage = policy.stage(stage_name)
     with ctx.engine.connect() as conn:
@@ -771,6 +786,7 @@ def finalize_many(
         by_tenant[sub.tenant_id] += events
     if tasks:
         conn.execute(_upsert_ignore(conn, review_tasks).on_conflict_do_nothing(), tasks)
+    callbacks.enqueue(conn, (item.sub for item in todo), AUTOMATED, now)
     for new_status, ids in status.items():
         conn.execute(
             update(submissions)
@@ -841,64 +857,36 @@ def dead_letter_event(conn: Connection, sub: Any, task: str, error: str) -> audi
 # ---------------------------------------------------------------- callbacks
 
 
-class CallbackFailed(Exception):
-    """The platform's endpoint did not take the callback (retried with backoff)."""
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """`X-Moderation-Signature` value: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
-    import hashlib
-    import hmac
-
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
 def deliver_callback(ctx: Context, submission_id: str) -> str:
-    """POST the submission's status and decision to its callback_url, signed.
-
-    Raises CallbackFailed on a non-2xx answer or a network error (the task retries with
-    backoff); the platform must treat deliveries as at-least-once (the body carries the id).
+    """POST the submission's status and decision (the body of GET /v1/submissions/{id}) to its
+    callback_url, signed; see `moderation.callbacks`. Raises callbacks.CallbackFailed when the
+    attempt failed and the next one is due soon (the task retries with its countdown).
     """
-    import json
-
-    import httpx
-
-    with ctx.engine.connect() as conn:
-        row = conn.execute(
-            select(submissions.c.tenant_id, submissions.c.callback_url).where(submissions.c.id == submission_id)
-        ).first()
-    if row is None or not row.callback_url:
-        return "noop"
-    body = json.dumps(view(ctx, row.tenant_id, submission_id), sort_keys=True, separators=(",", ":")).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "moderation-callback/1",
-        "X-Moderation-Signature": sign(ctx.settings.callback_secret, timestamp, body),
-    }
-    try:
-        response = httpx.post(row.callback_url, content=body, headers=headers, timeout=ctx.settings.callback_timeout_s)
-    except httpx.HTTPError as exc:
-        raise CallbackFailed(f"{row.callback_url}: {exc}") from exc
-    if not 200 <= response.status_code < 300:
-        raise CallbackFailed(f"{row.callback_url}: HTTP {response.status_code}")
-    return f"delivered:{response.status_code}"
-
-
-def callback_given_up(ctx: Context, submission_id: str, error: str, attempts: int) -> None:
-    with ctx.engine.begin() as conn:
-        conn.execute(
-            insert(dead_letters).values(
-                submission_id=submission_id, task="callback", error=error, attempts=attempts, created_at=utcnow()
-            )
-        )
+    return callbacks.deliver(ctx.engine, ctx.settings, submission_id, lambda tenant, sid: view(ctx, tenant, sid))
 
 
 # ---------------------------------------------------------------- reconcile
 
 
 def reconcile(ctx: Context) -> dict[str, int]:
+    """Re-enqueue stuck submissions and overdue callback deliveries (the broker may have lost them)."""
+    outcome = _reconcile_submissions(ctx)
+    # A delivery overdue by the stale window is lost (or its back-off outlived a Celery countdown,
+    # or its worker died mid-request) unless the callbacks queue still holds work: past the hard
+    # bound it is published anyway, the claim in `callbacks.deliver` makes duplicates harmless.
+    s = ctx.settings
+    backlog = ctx.publisher.queue_depth(Q_CALLBACKS) not in (0, None)
+    late_s = max(s.stale_after_s * 5, s.visibility_timeout_s * 2) if backlog else s.stale_after_s
+    due = callbacks.overdue(ctx.engine, late_s, s.reconcile_batch)
+    for sid in due:
+        ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)
+    if due:
+        log.warning("reconciler re-published the callbacks of %d submissions", len(due))
+    outcome["callbacks"] = len(due)
+    return outcome
+
+
+def _reconcile_submissions(ctx: Context) -> dict[str, int]:
     """Re-enqueue submissions stuck without progress (the broker may have lost them).
 
     A stale item is re-published when the queues it can be waiting in are empty (nothing can be

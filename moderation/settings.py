@@ -59,9 +59,16 @@ class Settings(BaseSettings):
     task_events: bool = False
 
     # Webhooks: POST the decision to the submission's callback_url, signed with HMAC-SHA256.
+    # Attempts back off exponentially (x4 from callback_backoff_s, capped): with the defaults
+    # the last of 10 attempts comes about 3 hours after the decision, then the dead-letter table.
     callback_secret: str = "change-me"
     callback_timeout_s: float = 10.0
-    callback_max_attempts: int = 8
+    callback_max_attempts: int = 10
+    callback_backoff_s: float = 2.0
+    callback_backoff_max_s: float = 3600.0
+    # Callback URLs that resolve to loopback, private or link-local addresses are refused (SSRF);
+    # allow them where the platform's receiver lives on the same private network.
+    callback_allow_private: bool = False
 
     # Auth.
     key_cache_ttl_s: float = 30.0

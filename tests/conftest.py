@@ -183,6 +183,9 @@ def service_env(
         # Workers load models lazily in tests (dozens of worker starts); the VLM tests turn the
         # production warm-up back on and check it.
         "MODERATION_WARMUP": "false",
+        # The platform's webhook receiver (a test double) listens on 127.0.0.1; the SSRF guard
+        # is tested with this turned off.
+        "MODERATION_CALLBACK_ALLOW_PRIVATE": "true",
         "PYTHONPATH": str(REPO),
     }
     saved = {k: os.environ.get(k) for k in env}

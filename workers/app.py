@@ -72,6 +72,8 @@ def _warm_main(instance: Any = None, **_: object) -> None:
     # loaded. Prefork children warm up after fork (below).
     global _queues
     _queues = sorted(instance.app.amqp.queues.consume_from) if instance is not None else []
+    if "callbacks" in _queues and settings.callback_secret == "change-me" and not settings.embedded:
+        log.error("MODERATION_CALLBACK_SECRET is the placeholder: platforms cannot trust the callbacks' signatures")
     pool = getattr(instance, "pool_cls", "")
     name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
     if "prefork" not in name:

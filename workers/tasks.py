@@ -17,7 +17,7 @@ from celery import Task
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from moderation import pipeline
+from moderation import callbacks, pipeline
 from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
 from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
 from workers.app import app, context
@@ -72,13 +72,11 @@ def reconcile(self: Task) -> dict[str, int]:
     return pipeline.reconcile(context())
 
 
-@app.task(name=T_CALLBACK, bind=True, max_retries=None)
+@app.task(name=T_CALLBACK, bind=True, **RETRY)
 def callback(self: Task, submission_id: str) -> str:
-    ctx = context()
+    # The outbox row counts attempts and gives up; this only schedules the next one when it is
+    # due soon (later ones, and lost messages, are published by the reconciler).
     try:
-        return str(pipeline.deliver_callback(ctx, submission_id))
-    except pipeline.CallbackFailed as exc:
-        if self.request.retries + 1 >= ctx.settings.callback_max_attempts:
-            pipeline.callback_given_up(ctx, submission_id, str(exc), self.request.retries + 1)
-            return "given_up"
-        raise self.retry(exc=exc, countdown=min(600, 2**self.request.retries)) from exc
+        return str(_timed("callback", pipeline.deliver_callback, context(), submission_id))
+    except callbacks.CallbackFailed as exc:
+        raise self.retry(exc=exc, countdown=exc.retry_in, max_retries=None) from exc

@@ -1,0 +1,71 @@
+"""Alembic migrations build exactly the schema of moderation/models.py, and go back down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from moderation.migrate import alembic_config
+from moderation.models import metadata
+from moderation.settings import Settings
+from tests.conftest import PG_ADMIN, unavailable
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def empty_db() -> Iterator[str]:
+    import psycopg2
+
+    name = f"moderation_migrations_{os.getpid()}"
+    try:
+        admin = psycopg2.connect(PG_ADMIN, connect_timeout=5)
+    except Exception as exc:
+        unavailable("PostgreSQL", exc)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+def diff(url: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(compare_metadata(MigrationContext.configure(conn), metadata))
+    finally:
+        engine.dispose()
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrations_match_the_models_and_downgrade(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db)
+    url, cfg = settings.db_url, alembic_config(settings)
+    command.upgrade(cfg, "head")
+    assert diff(url) == []
+    assert "callback_deliveries" in tables(url)
+    command.downgrade(cfg, "base")
+    assert tables(url) <= {"alembic_version"}
+    command.upgrade(cfg, "head")
+    assert diff(url) == []
