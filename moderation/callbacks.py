@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
-from moderation.models import callback_deliveries, dead_letters, utcnow
+from moderation.models import AUTOMATED, callback_deliveries, dead_letters, decisions, submissions, utcnow
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,19 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_V4_COMPAT = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
+
+
 def _refused_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _V4_COMPAT):
+            return True  # deprecated IPv4-compatible / SIIT forms: never a webhook receiver
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _refused_address(embedded)
     return not ip.is_global or ip.is_multicast
 
 
@@ -71,11 +81,21 @@ def literal_host_refused(url: str) -> bool:
 
     Raises ValueError when the URL cannot be parsed (a bad port, an unclosed IPv6 bracket).
     """
+    import httpx
+
     parts = urlsplit(url)
     parts.port  # noqa: B018 - parses the port: ValueError when it is not a number in range
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise ValueError("no host")
+    try:
+        httpx.Request("POST", url)  # the request the client will make, built as it builds it
+    except httpx.InvalidURL as exc:  # (an IDNA error is a ValueError already)
+        raise ValueError(str(exc)) from exc
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host.encode("idna")  # what the resolver will be asked: UnicodeError (a ValueError) when it cannot be
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -108,35 +128,62 @@ def check_destination(url: str, allow_private: bool) -> None:
             raise DestinationRefused(f"callback host {host!r} resolves to {address}, not a public address")
 
 
+def _row(sub: Any, event: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": secrets.token_hex(16),
+        "submission_id": sub.id,
+        "tenant_id": sub.tenant_id,
+        "event": event,
+        "url": sub.callback_url,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 def enqueue(conn: Connection, subs: Iterable[Any], event: str, now: datetime) -> list[str]:
     """Add a pending delivery for each submission that has a callback_url, inside `conn`.
 
     `event` is the decision's dedupe key (one delivery per decision). Returns the submission ids
     that got one; the caller publishes the callback task for them after commit.
     """
-    rows = [
-        {
-            "id": secrets.token_hex(16),
-            "submission_id": sub.id,
-            "tenant_id": sub.tenant_id,
-            "event": event,
-            "url": sub.callback_url,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-        for sub in subs
-        if sub.callback_url
-    ]
+    rows = [_row(sub, event, now) for sub in subs if sub.callback_url]
     if rows:
         conn.execute(insert(callback_deliveries), rows)
     return [str(r["submission_id"]) for r in rows]
 
 
+def attempt_limit_s(settings: Settings) -> float:
+    """The longest one attempt may take (the callback task's time limit): connect, send, headers."""
+    return settings.callback_timeout_s * 3 + 10
+
+
 def backoff(settings: Settings, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: exponential from callback_backoff_s, capped."""
     return float(min(settings.callback_backoff_max_s, settings.callback_backoff_s * 4 ** (attempt - 1)))
+
+
+def _adopt(engine: Engine, submission_id: str, now: datetime) -> bool:
+    """A callback message from before the outbox (no row for a decided submission with a
+    callback_url): write its row now, so an upgrade loses no callback. True when one was written."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    with engine.begin() as conn:
+        if conn.execute(
+            select(callback_deliveries.c.id).where(callback_deliveries.c.submission_id == submission_id).limit(1)
+        ).first():
+            return False
+        sub = conn.execute(
+            select(submissions.c.id, submissions.c.tenant_id, submissions.c.callback_url)
+            .join(decisions, decisions.c.submission_id == submissions.c.id)
+            .where(submissions.c.id == submission_id, decisions.c.dedupe_key == AUTOMATED)
+        ).first()
+        if sub is None or not sub.callback_url:
+            return False
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        row = _row(sub, AUTOMATED, now)
+        return bool(conn.execute(dialect.insert(callback_deliveries).values(row).on_conflict_do_nothing()).rowcount)
 
 
 def _utc(value: datetime) -> datetime:
@@ -160,18 +207,23 @@ def deliver(
             .order_by(callback_deliveries.c.created_at)
         ).all()
     if not rows:
-        return "noop"
+        if not _adopt(engine, submission_id, now):
+            return "noop"
+        return deliver(engine, settings, submission_id, render)
     outcomes: list[str] = []
     retry: CallbackFailed | None = None
     for row in rows:
         if _utc(row.next_attempt_at) > now + timedelta(seconds=1):
             outcomes.append("not_due")
             continue
+        if row.attempts >= settings.callback_max_attempts:  # its last attempts never finished (killed, hung)
+            outcomes.append(_give_up(engine, row, int(row.attempts), row.last_error or "no attempt finished", None))
+            continue
         attempt = int(row.attempts) + 1
         # The claim: the attempt counter moves only for the one delivery that read it, and the
         # row is not due again until this attempt has had time to finish (a worker killed
         # mid-request leaves it to the reconciler).
-        hold = now + timedelta(seconds=settings.callback_timeout_s + 30)
+        hold = now + timedelta(seconds=attempt_limit_s(settings) + 30)
         with engine.begin() as conn:
             claimed = conn.execute(
                 update(callback_deliveries)
@@ -214,43 +266,61 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int, render: Re
             "X-Moderation-Attempt": str(attempt),
             "X-Moderation-Signature": sign(settings.callback_secret, timestamp, body),
         }
-        response = httpx.post(row.url, content=body, headers=headers, timeout=settings.callback_timeout_s)
-        status = response.status_code
+        # Streamed and closed unread: the receiver's body is never needed, and never held in memory.
+        with httpx.stream("POST", row.url, content=body, headers=headers, timeout=settings.callback_timeout_s) as r:
+            status = r.status_code
         if 200 <= status < 300:
-            _record(engine, row.id, status=DELIVERED, last_status=status, last_error=None, delivered_at=utcnow())
+            _record(
+                engine, row.id, attempt, status=DELIVERED, last_status=status, last_error=None, delivered_at=utcnow()
+            )
             return f"delivered:{status}"
         error = f"HTTP {status}"
     except DestinationRefused as exc:
         return _give_up(engine, row, attempt, f"refused: {exc}", status)
-    except (httpx.HTTPError, OSError) as exc:
+    except (httpx.HTTPError, OSError) as exc:  # network, DNS, timeouts: worth another attempt
+        error = f"{type(exc).__name__}: {exc}"
+    except (ValueError, httpx.InvalidURL) as exc:  # a URL the client or resolver cannot use: final
+        return _give_up(engine, row, attempt, f"refused: unusable callback URL: {type(exc).__name__}: {exc}", status)
+    except Exception as exc:  # anything else (a time limit): this attempt failed, the budget bounds it
+        log.exception("callback %s attempt %d failed unexpectedly", row.id, attempt)
         error = f"{type(exc).__name__}: {exc}"
     if attempt >= settings.callback_max_attempts:
         return _give_up(engine, row, attempt, error, status)
     delay = backoff(settings, attempt)
-    _record(engine, row.id, last_status=status, last_error=error, next_attempt_at=utcnow() + timedelta(seconds=delay))
+    _record(
+        engine,
+        row.id,
+        attempt,
+        last_status=status,
+        last_error=error,
+        next_attempt_at=utcnow() + timedelta(seconds=delay),
+    )
     log.info("callback %s to %s failed (attempt %d, next in %.0f s): %s", row.id, row.url, attempt, delay, error)
     if delay <= CELERY_RETRY_MAX_S:
         raise CallbackFailed(f"{row.url}: {error}", delay)
     return "scheduled"
 
 
-def _record(engine: Engine, delivery_id: str, **values: Any) -> None:
+def _mine(delivery_id: str, attempt: int) -> Any:
+    """The row, while it is still pending and this attempt is its latest (a stale one writes nothing)."""
+    c = callback_deliveries.c
+    return and_(c.id == delivery_id, c.status == PENDING, c.attempts == attempt)
+
+
+def _record(engine: Engine, delivery_id: str, attempt: int, **values: Any) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            update(callback_deliveries)
-            .where(and_(callback_deliveries.c.id == delivery_id, callback_deliveries.c.status == PENDING))
-            .values(**values)
-        )
+        conn.execute(update(callback_deliveries).where(_mine(delivery_id, attempt)).values(**values))
 
 
 def _give_up(engine: Engine, row: Any, attempt: int, error: str, status: int | None) -> str:
-    log.warning("callback %s to %s given up after %d attempts: %s", row.id, row.url, attempt, error)
     with engine.begin() as conn:
-        conn.execute(
+        mine = conn.execute(
             update(callback_deliveries)
-            .where(callback_deliveries.c.id == row.id)
+            .where(_mine(row.id, attempt))
             .values(status=FAILED, last_status=status, last_error=error)
-        )
+        ).rowcount
+        if not mine:
+            return "taken"
         conn.execute(
             insert(dead_letters).values(
                 submission_id=row.submission_id,
@@ -261,6 +331,7 @@ def _give_up(engine: Engine, row: Any, attempt: int, error: str, status: int | N
                 created_at=utcnow(),
             )
         )
+    log.warning("callback %s to %s given up after %d attempts: %s", row.id, row.url, attempt, error)
     return FAILED
 
 

@@ -125,6 +125,8 @@ findings = Table(
     UniqueConstraint("submission_id", "stage", "analyzer", name="uq_findings_sub_stage_analyzer"),
 )
 
+AUTOMATED = "automated"  # the dedupe key of the automated decision (human ones are keyed by their task)
+
 decisions = Table(
     "decisions",
     metadata,

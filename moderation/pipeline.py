@@ -46,7 +46,7 @@ from moderation.cache import LocalStore, RedisStore, VerdictCache
 from moderation.db import make_engine
 from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, sample_frames, to_rgb
-from moderation.models import dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
+from moderation.models import AUTOMATED, dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
 from moderation.policy import BUILTIN_STAGES, Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import (
     Q_CALLBACKS,
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "analyzing")
 PRIORITIES = ("high", "normal", "low")
-AUTOMATED = "automated"
 
 
 _ANALYZER_LOCK = threading.Lock()

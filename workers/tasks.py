@@ -20,7 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from moderation import callbacks, pipeline
 from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
 from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
-from workers.app import app, context
+from workers.app import app, context, settings
 
 log = logging.getLogger("workers.tasks")
 # Only faults outside the data retry: a DataError or IntegrityError would fail the same way again
@@ -72,7 +72,7 @@ def reconcile(self: Task) -> dict[str, int]:
     return pipeline.reconcile(context())
 
 
-@app.task(name=T_CALLBACK, bind=True, **RETRY)
+@app.task(name=T_CALLBACK, bind=True, soft_time_limit=callbacks.attempt_limit_s(settings), **RETRY)
 def callback(self: Task, submission_id: str) -> str:
     # The outbox row counts attempts and gives up; this only schedules the next one when it is
     # due soon (later ones, and lost messages, are published by the reconciler).

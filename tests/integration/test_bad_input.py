@@ -59,6 +59,8 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("priority", lambda: picture(1), {"priority": "urgent"}, 422, "INVALID_REQUEST"),
     ("policy", lambda: picture(2), {"policy": "no-such-policy"}, 422, "UNKNOWN_POLICY"),
     ("callback", lambda: picture(3), {"callback_url": "ftp://x"}, 422, "INVALID_REQUEST"),
+    ("callback-idna", lambda: picture(3), {"callback_url": "http://xn--zz.com/"}, 422, "INVALID_REQUEST"),
+    ("callback-port", lambda: picture(3), {"callback_url": "http://[::1]x/"}, 422, "INVALID_REQUEST"),
     ("caption", lambda: picture(4), {"caption": "x" * 10_001}, 422, "INVALID_REQUEST"),
 ]
 

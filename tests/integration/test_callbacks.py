@@ -158,3 +158,72 @@ def test_private_destinations_are_refused(client, keys, ctx, procs, monkeypatch)
             select(dead_letters).where(dead_letters.c.submission_id == sid, dead_letters.c.task == "callback")
         ).one()
     assert letter.payload["delivery_id"] == row.id and "refused" in letter.error
+
+
+def decided_without_workers(client: Any, ctx: Any, key: str, seed: int, url: str) -> str:
+    """A decided submission with a pending outbox row, decided in this process (no worker runs)."""
+    from moderation import pipeline
+
+    sid = submit(client, key, seed, url)
+    pipeline.advance(ctx, [sid])
+    assert delivery_status(ctx, sid) == "decided"
+    return sid
+
+
+def test_attempts_that_never_finished_are_bounded(client, keys, ctx) -> None:
+    from moderation import callbacks
+
+    receiver = Receiver(refuse=0)
+    try:
+        sid = decided_without_workers(client, ctx, keys["submitter"], 812, receiver.url)
+        row = delivery(ctx, sid)
+        # Every attempt so far was claimed and never finished (workers killed mid-request).
+        with ctx.engine.begin() as conn:
+            conn.execute(
+                callback_deliveries.update()
+                .where(callback_deliveries.c.id == row.id)
+                .values(attempts=ctx.settings.callback_max_attempts)
+            )
+        outcome = callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s})
+    finally:
+        receiver.close()
+    assert outcome == "failed" and receiver.calls == []
+    row = delivery(ctx, sid)
+    limit = ctx.settings.callback_max_attempts
+    assert (row.status, row.attempts, row.last_error) == ("failed", limit, "no attempt finished")
+    with ctx.engine.connect() as conn:
+        assert conn.execute(select(dead_letters.c.id).where(dead_letters.c.submission_id == sid)).all()
+
+
+def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, keys, ctx) -> None:
+    from moderation import callbacks
+
+    receiver = Receiver(refuse=0)
+    try:
+        sid = decided_without_workers(client, ctx, keys["submitter"], 813, receiver.url)
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
+    finally:
+        receiver.close()
+    row = delivery(ctx, sid)
+    assert (row.status, row.attempts) == ("delivered", 1)
+    # An attempt that started earlier and fails late (attempt 1 again) writes nothing.
+    assert callbacks._give_up(ctx.engine, row, 1, "late failure", 504) == "taken"
+    assert delivery(ctx, sid).status == "delivered"
+    with ctx.engine.connect() as conn:
+        assert not conn.execute(select(dead_letters.c.id).where(dead_letters.c.submission_id == sid)).all()
+
+
+def test_a_callback_message_from_before_the_outbox_is_adopted(client, keys, ctx) -> None:
+    from moderation import callbacks
+
+    receiver = Receiver(refuse=0)
+    try:
+        sid = decided_without_workers(client, ctx, keys["submitter"], 814, receiver.url)
+        with ctx.engine.begin() as conn:  # as if decided by the previous release: no outbox row
+            conn.execute(callback_deliveries.delete().where(callback_deliveries.c.submission_id == sid))
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
+        # Its message arriving twice delivers once.
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "noop"
+    finally:
+        receiver.close()
+    assert len(receiver.calls) == 1 and delivery(ctx, sid).status == "delivered"

@@ -25,6 +25,10 @@ from moderation.settings import Settings
         "http://[fd00::1]/",
         "http://[::ffff:127.0.0.1]/",  # IPv4-mapped loopback
         "http://224.0.0.1/",
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of the metadata address
+        "http://[2002:7f00:1::]/",  # 6to4 of loopback
+        "http://[::7f00:1]/",  # IPv4-compatible loopback
+        "http://[::ffff:0:7f00:1]/",  # SIIT-translated loopback
     ],
 )
 def test_non_public_literal_hosts_are_refused(url: str) -> None:
@@ -49,7 +53,21 @@ def test_names_are_checked_by_what_they_resolve_to() -> None:
     check_destination("https://1.1.1.1/", allow_private=False)
 
 
-@pytest.mark.parametrize("url", ["http://[::1/", "http://host:99999/", "http://host:port/", "http:///path"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/",
+        "http://host:99999/",
+        "http://host:port/",
+        "http:///path",
+        "http://[::1]x/",
+        "http://[v1.x]/",
+        "http://xn--zz.com/",  # an invalid A-label
+        "http://exa\u200bmple.com/",  # zero-width space
+        "https://\ufffd.com/",
+        "http://" + "a" * 64 + ".com/",  # a label over 63 characters
+    ],
+)
 def test_unparseable_urls_raise_value_error_and_are_refused_at_delivery(url: str) -> None:
     with pytest.raises(ValueError):
         literal_host_refused(url)
