@@ -34,6 +34,7 @@ ACTIONS = (
     "exported",
     "bank_changed",
     "key_created",
+    "callback_secret_rotated",
 )
 
 

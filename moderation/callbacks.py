@@ -24,14 +24,16 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
-from moderation.models import AUTOMATED, callback_deliveries, dead_letters, decisions, submissions, utcnow
+from moderation import audit
+from moderation.errors import ModerationError
+from moderation.models import AUTOMATED, callback_deliveries, dead_letters, decisions, iso, submissions, tenants, utcnow
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,53 @@ class DestinationRefused(Exception):
     """The callback URL points somewhere the workers must not call (final, never retried)."""
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """`X-Moderation-Signature` value: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def sign(secret: str | Sequence[str], timestamp: int, body: bytes) -> str:
+    """`X-Moderation-Signature` value: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+
+    With several secrets (a rotation's grace period) there is one `v1=` per secret, the current
+    one first: a receiver accepts the delivery when any of them verifies with the secret it holds.
+    """
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    macs = [hmac.new(k.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest() for k in keys]
+    return ",".join([f"t={timestamp}", *(f"v1={m}" for m in macs)])
+
+
+def signing_secrets(conn: Connection, tenant_id: str, settings: Settings, now: datetime | None = None) -> list[str]:
+    """The secrets a tenant's deliveries are signed with: its own (else the deployment's), and
+    the one it replaced while the rotation's grace period lasts."""
+    row = conn.execute(
+        select(tenants.c.callback_secret, tenants.c.callback_secret_prev, tenants.c.callback_secret_rotated_at).where(
+            tenants.c.id == tenant_id
+        )
+    ).first()
+    if row is None or not row.callback_secret:
+        return [settings.callback_secret]
+    keys = [row.callback_secret]
+    rotated = row.callback_secret_rotated_at
+    if rotated is not None and _utc(rotated) + timedelta(seconds=settings.callback_secret_grace_s) > (now or utcnow()):
+        keys.append(row.callback_secret_prev or settings.callback_secret)  # none before: the deployment's
+    return keys
+
+
+def rotate_secret(conn: Connection, tenant_id: str, settings: Settings, actor: str) -> dict[str, Any]:
+    """Give the tenant a new signing secret; the old one keeps signing for the grace period.
+
+    Returns {"secret", "previous_valid_until"}: the secret is shown here once. Audited (without it).
+    """
+    now = utcnow()
+    current = conn.execute(select(tenants.c.callback_secret).where(tenants.c.id == tenant_id).with_for_update()).first()
+    if current is None:
+        raise ModerationError("NOT_FOUND", f"No tenant {tenant_id!r}.")
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    conn.execute(
+        update(tenants)
+        .where(tenants.c.id == tenant_id)
+        .values(callback_secret=secret, callback_secret_prev=current.callback_secret, callback_secret_rotated_at=now)
+    )
+    until = iso(now + timedelta(seconds=settings.callback_secret_grace_s))
+    event = audit.Event("callback_secret_rotated", actor=actor, automated=False, facts={"previous_valid_until": until})
+    audit.append(conn, tenant_id, [event])
+    return {"secret": secret, "previous_valid_until": until}
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -259,12 +304,14 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int, render: Re
         check_destination(row.url, settings.callback_allow_private)
         body = json.dumps(render(row.tenant_id, row.submission_id), sort_keys=True, separators=(",", ":")).encode()
         timestamp = int(time.time())
+        with engine.connect() as conn:
+            keys = signing_secrets(conn, row.tenant_id, settings)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "moderation-callback/1",
             "X-Moderation-Delivery": row.id,
             "X-Moderation-Attempt": str(attempt),
-            "X-Moderation-Signature": sign(settings.callback_secret, timestamp, body),
+            "X-Moderation-Signature": sign(keys, timestamp, body),
         }
         # Streamed and closed unread: the receiver's body is never needed, and never held in memory.
         with httpx.stream("POST", row.url, content=body, headers=headers, timeout=settings.callback_timeout_s) as r:

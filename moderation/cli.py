@@ -69,6 +69,25 @@ def keys_create(
     print(key)
 
 
+@keys_app.command("callback-secret")
+def keys_callback_secret(tenant: Annotated[str, typer.Option(help="Tenant id (created if new)")]) -> None:
+    """Give the tenant a new webhook signing secret; prints only the secret (shown once).
+
+    Until the grace period (MODERATION_CALLBACK_SECRET_GRACE_S, 24 h) ends, deliveries carry a
+    second signature made with the secret it replaces, so the platform can switch without a gap.
+    """
+    from moderation.auth import ensure_tenant
+    from moderation.callbacks import rotate_secret
+    from moderation.db import make_engine
+
+    s = _settings()
+    with make_engine(s).begin() as conn:
+        ensure_tenant(conn, tenant)
+        out = rotate_secret(conn, tenant, s, actor="cli")
+    err.print(f"previous secret valid until {out['previous_valid_until']}")
+    print(out["secret"])
+
+
 @app.command()
 def api(
     host: str = "127.0.0.1",

@@ -16,3 +16,7 @@ OLDEST_ACTIVE = Gauge(
 )
 OPEN_REVIEW = Gauge("moderation_review_tasks_open", "Open human review tasks")
 DEAD_LETTERS = Gauge("moderation_dead_letters", "Rows in the dead-letter table")
+CALLBACKS = Gauge("moderation_callbacks", "Webhook deliveries not delivered, by status (pending, failed)", ["status"])
+OLDEST_CALLBACK = Gauge(
+    "moderation_oldest_pending_callback_seconds", "Age of the oldest pending webhook delivery (receiver down)"
+)

@@ -60,6 +60,11 @@ tenants = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("default_policy", String(64), nullable=True),
+    # The tenant's webhook signing secret (HMAC needs it in the clear); the previous one still
+    # signs, beside it, for a grace period after a rotation. Unset: the deployment's secret.
+    Column("callback_secret", String(80), nullable=True),
+    Column("callback_secret_prev", String(80), nullable=True),
+    timestamp("callback_secret_rotated_at", nullable=True),
     timestamp("created_at", nullable=False, default=utcnow),
 )
 

@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     # Webhooks: POST the decision to the submission's callback_url, signed with HMAC-SHA256.
     # Attempts back off exponentially (x4 from callback_backoff_s, capped): with the defaults
     # the last of 10 attempts comes about 3 hours after the decision, then the dead-letter table.
-    callback_secret: str = "change-me"
+    callback_secret: str = "change-me"  # for tenants without their own (`moderation keys callback-secret`)
+    callback_secret_grace_s: float = 86_400.0  # after a rotation, the old secret signs too for this long
     callback_timeout_s: float = 10.0
     callback_max_attempts: int = 10
     callback_backoff_s: float = 2.0

@@ -73,7 +73,10 @@ def _warm_main(instance: Any = None, **_: object) -> None:
     global _queues
     _queues = sorted(instance.app.amqp.queues.consume_from) if instance is not None else []
     if "callbacks" in _queues and settings.callback_secret == "change-me" and not settings.embedded:
-        log.error("MODERATION_CALLBACK_SECRET is the placeholder: platforms cannot trust the callbacks' signatures")
+        log.error(
+            "MODERATION_CALLBACK_SECRET is the placeholder: callbacks of tenants without their own secret "
+            "(`moderation keys callback-secret`) carry signatures anyone can forge"
+        )
     pool = getattr(instance, "pool_cls", "")
     name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
     if "prefork" not in name:

@@ -21,10 +21,10 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from moderation import __version__, audit, banks, metrics
+from moderation import __version__, audit, banks, callbacks, metrics
 from moderation.auth import Principal
 from moderation.errors import CATALOGUE, ModerationError
-from moderation.models import audit_events, dead_letters, review_tasks, submissions, utcnow
+from moderation.models import audit_events, callback_deliveries, dead_letters, review_tasks, submissions, utcnow
 from moderation.pipeline import Context, SubmissionRequest, accept, view
 from moderation.settings import Settings
 from moderation.text import check_text
@@ -242,6 +242,16 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         with ctx.engine.connect() as conn:
             return audit.verify(conn, who.tenant_id).to_json()
 
+    # ------------------------------------------------------------ webhooks (admin)
+
+    @app.post("/v1/callbacks/secret", tags=["callbacks"])
+    def callback_secret_rotate(who: Auth) -> dict[str, Any]:
+        """Rotate the tenant's webhook signing secret. The new secret is in this answer only; the old
+        one (or the deployment's, the first time) keeps signing beside it until `previous_valid_until`."""
+        who.require("admin")
+        with ctx.engine.begin() as conn:
+            return callbacks.rotate_secret(conn, who.tenant_id, settings, actor=who.key_id)
+
     # ------------------------------------------------------------ hash banks (admin)
 
     @app.post("/v1/banks", status_code=201, tags=["banks"])
@@ -361,12 +371,29 @@ def _refresh_gauges(ctx: Context) -> None:
         ).scalar()
         open_tasks = conn.execute(select(func.count()).where(review_tasks.c.status == "open")).scalar()
         dead = conn.execute(select(func.count()).select_from(dead_letters)).scalar()
+        hooks: dict[str, int] = dict(
+            conn.execute(
+                select(callback_deliveries.c.status, func.count())
+                .where(callback_deliveries.c.status.in_(("pending", "failed")))
+                .group_by(callback_deliveries.c.status)
+            ).all()
+        )
+        oldest_hook = conn.execute(
+            select(func.min(callback_deliveries.c.created_at)).where(callback_deliveries.c.status == "pending")
+        ).scalar()
     for status in active:
         metrics.BY_STATUS.labels(status).set(counts.get(status, 0))
-    age = 0.0
-    if oldest is not None:
-        stamp = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
-        age = (utcnow() - stamp).total_seconds()
-    metrics.OLDEST_ACTIVE.set(max(age, 0.0))
+    metrics.OLDEST_ACTIVE.set(_age_s(oldest))
     metrics.OPEN_REVIEW.set(open_tasks or 0)
     metrics.DEAD_LETTERS.set(dead or 0)
+    for status in ("pending", "failed"):
+        metrics.CALLBACKS.labels(status).set(hooks.get(status, 0))
+    metrics.OLDEST_CALLBACK.set(_age_s(oldest_hook))
+
+
+def _age_s(stamp: Any) -> float:
+    """Seconds since `stamp` (0 when None); SQLite hands back naive UTC."""
+    if stamp is None:
+        return 0.0
+    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+    return max(float((utcnow() - stamp).total_seconds()), 0.0)

@@ -158,6 +158,10 @@ def test_private_destinations_are_refused(client, keys, ctx, procs, monkeypatch)
             select(dead_letters).where(dead_letters.c.submission_id == sid, dead_letters.c.task == "callback")
         ).one()
     assert letter.payload["delivery_id"] == row.id and "refused" in letter.error
+    # Operators see it: the failed count is exported.
+    lines = client.get("/metrics").text.splitlines()
+    failed = [ln for ln in lines if ln.startswith('moderation_callbacks{status="failed"}')]
+    assert failed and float(failed[0].split()[-1]) >= 1
 
 
 def decided_without_workers(client: Any, ctx: Any, key: str, seed: int, url: str) -> str:
@@ -227,3 +231,48 @@ def test_a_callback_message_from_before_the_outbox_is_adopted(client, keys, ctx)
     finally:
         receiver.close()
     assert len(receiver.calls) == 1 and delivery(ctx, sid).status == "delivered"
+
+
+def verifies(secret: str, headers: dict[str, str], body: bytes) -> list[bool]:
+    """For each `v1=` of the signature header: does it verify with `secret`?"""
+    parts = [part.split("=", 1) for part in headers["X-Moderation-Signature"].split(",")]
+    t = next(v for k, v in parts if k == "t")
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return [hmac.compare_digest(v, mac) for k, v in parts if k == "v1"]
+
+
+def test_tenant_secret_rotation_keeps_the_old_signature_for_the_grace_period(client, ctx, monkeypatch) -> None:
+    from moderation import callbacks
+    from moderation.auth import create_key
+    from moderation.models import audit_events
+
+    with ctx.engine.begin() as conn:
+        admin = create_key(conn, "hooks-co", ["admin"])
+        submitter = create_key(conn, "hooks-co", ["submitter"])
+    assert client.post("/v1/callbacks/secret", headers=auth(submitter)).status_code == 403
+    r = client.post("/v1/callbacks/secret", headers=auth(admin))
+    assert r.status_code == 200, r.text
+    secret = r.json()["secret"]
+    assert secret.startswith("whsec_") and r.json()["previous_valid_until"]
+
+    receiver = Receiver(refuse=0)
+    try:
+        sid = decided_without_workers(client, ctx, submitter, 815, receiver.url)
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
+        # Past the grace period only the tenant's own secret signs.
+        monkeypatch.setattr(ctx.settings, "callback_secret_grace_s", 0)
+        later = decided_without_workers(client, ctx, submitter, 816, receiver.url)
+        assert callbacks.deliver(ctx.engine, ctx.settings, later, lambda t, s: {"id": s}) == "delivered:200"
+    finally:
+        receiver.close()
+    (_, during, body), (_, after, body2) = receiver.calls
+    assert verifies(secret, during, body) == [True, False]
+    assert verifies(ctx.settings.callback_secret, during, body) == [False, True]  # the deployment's, before
+    assert verifies(secret, after, body2) == [True]
+    with ctx.engine.connect() as conn:
+        bodies = conn.execute(
+            select(audit_events.c.body).where(
+                audit_events.c.tenant_id == "hooks-co", audit_events.c.action == "callback_secret_rotated"
+            )
+        ).all()
+    assert len(bodies) == 1 and secret not in bodies[0].body  # audited, never stored in the log

@@ -93,3 +93,8 @@ def test_signature_is_hmac_of_timestamp_and_body() -> None:
     expected = "t=1700000000,v1=" + KNOWN
     assert sign("secret", 1_700_000_000, b"{}") == expected
     assert sign("secret", 1_700_000_001, b"{}") != expected
+
+
+def test_several_secrets_give_one_signature_each_current_first() -> None:
+    header = sign(["new", "secret"], 1_700_000_000, b"{}")
+    assert header == f"t=1700000000,v1={sign('new', 1_700_000_000, b'{}')[16:]},v1={KNOWN}"

@@ -1,4 +1,4 @@
-"""callback outbox
+"""callback outbox and per-tenant callback secrets
 
 Revision ID: 0003
 Revises: 0002
@@ -22,6 +22,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("callback_secret", sa.String(length=80), nullable=True))
+        batch_op.add_column(sa.Column("callback_secret_prev", sa.String(length=80), nullable=True))
+        batch_op.add_column(sa.Column("callback_secret_rotated_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "callback_deliveries",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -62,3 +66,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_callback_deliveries_due", table_name="callback_deliveries")
     op.drop_table("callback_deliveries")
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.drop_column("callback_secret_rotated_at")
+        batch_op.drop_column("callback_secret_prev")
+        batch_op.drop_column("callback_secret")
