@@ -13,12 +13,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
-from moderation.models import audit_events, audit_heads, utcnow
+from moderation.models import as_utc, audit_events, audit_heads, utcnow
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -222,10 +222,6 @@ def _check_row(row: Any, expected_seq: int, prev: str) -> str | None:
     for col in _COLUMNS:
         if body.get(col) != getattr(row, col):
             return f"column {col} differs from the hashed body (row edited)"
-    if _utc(row.occurred_at) != _utc(datetime.fromisoformat(str(body.get("occurred_at")))):
+    if as_utc(row.occurred_at) != as_utc(datetime.fromisoformat(str(body.get("occurred_at")))):
         return "column occurred_at differs from the hashed body (row edited)"
     return None
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +33,17 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from moderation import audit
 from moderation.errors import ModerationError
-from moderation.models import AUTOMATED, callback_deliveries, dead_letters, decisions, iso, submissions, tenants, utcnow
+from moderation.models import (
+    AUTOMATED,
+    as_utc,
+    callback_deliveries,
+    dead_letters,
+    decisions,
+    iso,
+    submissions,
+    tenants,
+    utcnow,
+)
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +89,8 @@ def signing_secrets(conn: Connection, tenant_id: str, settings: Settings, now: d
         return [settings.callback_secret]
     keys = [row.callback_secret]
     rotated = row.callback_secret_rotated_at
-    if rotated is not None and _utc(rotated) + timedelta(seconds=settings.callback_secret_grace_s) > (now or utcnow()):
+    grace = timedelta(seconds=settings.callback_secret_grace_s)
+    if rotated is not None and as_utc(rotated) + grace > (now or utcnow()):
         keys.append(row.callback_secret_prev or settings.callback_secret)  # none before: the deployment's
     return keys
 
@@ -231,10 +242,6 @@ def _adopt(engine: Engine, submission_id: str, now: datetime) -> bool:
         return bool(conn.execute(dialect.insert(callback_deliveries).values(row).on_conflict_do_nothing()).rowcount)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def deliver(
     engine: Engine, settings: Settings, submission_id: str, render: Callable[[str, str], dict[str, Any]]
 ) -> str:
@@ -258,7 +265,7 @@ def deliver(
     outcomes: list[str] = []
     retry: CallbackFailed | None = None
     for row in rows:
-        if _utc(row.next_attempt_at) > now + timedelta(seconds=1):
+        if as_utc(row.next_attempt_at) > now + timedelta(seconds=1):
             outcomes.append("not_due")
             continue
         if row.attempts >= settings.callback_max_attempts:  # its last attempts never finished (killed, hung)

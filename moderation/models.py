@@ -41,13 +41,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; SQLite hands back naive datetimes, which are UTC here."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def iso(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC; SQLite hands back naive datetimes, which are UTC here."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat()
+    """ISO-8601 in UTC."""
+    return None if value is None else as_utc(value).isoformat()
 
 
 def timestamp(name: str, **kw: object) -> Column[datetime]:

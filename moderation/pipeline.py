@@ -46,7 +46,17 @@ from moderation.cache import LocalStore, RedisStore, VerdictCache
 from moderation.db import make_engine
 from moderation.errors import ModerationError
 from moderation.images import Limits, inspect_image, sample_frames, to_rgb
-from moderation.models import AUTOMATED, dead_letters, decisions, findings, iso, review_tasks, submissions, utcnow
+from moderation.models import (
+    AUTOMATED,
+    as_utc,
+    dead_letters,
+    decisions,
+    findings,
+    iso,
+    review_tasks,
+    submissions,
+    utcnow,
+)
 from moderation.policy import BUILTIN_STAGES, Decision, Policy, Stage, evaluate, load_policies, qa_draw
 from moderation.queue import (
     Q_CALLBACKS,
@@ -454,12 +464,6 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
         ctx.publisher.send(T_ANALYZE, [sub.id, nxt.stage], nxt.queue, sub.priority)
     outcome["routed"] = len(routed)
     return ",".join(f"{k}={v}" for k, v in sorted(outcome.items()) if v)
-
-
-def _utc(value: Any) -> Any:
-    from datetime import UTC
-
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _analyzed(policy: Policy, found: list[Finding]) -> bool:
@@ -924,9 +928,7 @@ def _reconcile_submissions(ctx: Context) -> dict[str, int]:
         nxt = next((st for st in (policy.analyzer_stages if policy else []) if st.stage not in stages), None)
         return [Q_INGEST, nxt.queue if nxt else Q_DECIDE, Q_DECIDE]
 
-    due = [
-        r for r in stale if _utc(r.updated_at) < hard_cutoff or all(depth(q) == 0 for q in dict.fromkeys(waiting_in(r)))
-    ]
+    due = [r for r in stale if as_utc(r.updated_at) < hard_cutoff or all(depth(q) == 0 for q in set(waiting_in(r)))]
     if not due:
         return {"stale": len(stale), "requeued": 0}
     ids = [r.id for r in due]

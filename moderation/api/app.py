@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, UploadFile
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moderation import __version__, audit, banks, callbacks, metrics
 from moderation.auth import Principal
 from moderation.errors import CATALOGUE, ModerationError
-from moderation.models import audit_events, callback_deliveries, dead_letters, review_tasks, submissions, utcnow
+from moderation.models import as_utc, audit_events, callback_deliveries, dead_letters, review_tasks, submissions, utcnow
 from moderation.pipeline import Context, SubmissionRequest, accept, view
 from moderation.settings import Settings
 from moderation.text import check_text
@@ -395,5 +395,4 @@ def _age_s(stamp: Any) -> float:
     """Seconds since `stamp` (0 when None); SQLite hands back naive UTC."""
     if stamp is None:
         return 0.0
-    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
-    return max(float((utcnow() - stamp).total_seconds()), 0.0)
+    return max((utcnow() - as_utc(stamp)).total_seconds(), 0.0)
