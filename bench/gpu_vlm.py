@@ -23,9 +23,13 @@ the positions that need logits, vision tower, patch merger), plus attention (cau
 bidirectional per image for the vision tower). Then a naive baseline: one image at a time through a
 plain `model.generate` loop, and the speedup of the best batched configuration over it.
 
-Caveat: the synthetic tokenizer (a ~500-token byte-level BPE) splits the ~3,200-character prompt
-into ~1,900 tokens; GLM's own 151k-token tokenizer needs roughly half that, so text prefill is
-overstated here (`--flops-only` also prints the FLOPs at `--assume-text-tokens`).
+The engine runs with its shared-prefix KV cache (the system turn computed once per prompt and
+shared by every row; TF/img and MFU count only the FLOPs executed), and once per side without it
+at the batch size nearest 16, for comparison.
+
+Caveat: the synthetic tokenizer splits the ~3,000-character prompt into ~810 tokens (776 of them
+the system turn); GLM's own 151k-token tokenizer was not available to count them
+(`--flops-only` also prints the FLOPs at `--assume-text-tokens`).
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ sys.path.insert(0, str(REPO))
 from bench.common import pct  # noqa: E402
 from moderation.policy import load_policy  # noqa: E402
 from moderation.settings import Settings  # noqa: E402
-from moderation.vlm.engines import Generation, Request, TransformersEngine, fit_long_side  # noqa: E402
-from moderation.vlm.prompts import RenderedPrompt, json_schema, load_prompt, render  # noqa: E402
+from moderation.vlm.engines import Generation, Request, TransformersEngine, chat_text, fit_long_side  # noqa: E402
+from moderation.vlm.prompts import json_schema, load_prompt, render  # noqa: E402
 from moderation.vlm.synthetic import build_processor, flash_config, tiny_config  # noqa: E402
 
 GOAL_IMG_S = {672: 25.0, 1024: 10.0}  # images/s per image side, on one H100
@@ -123,18 +127,6 @@ def make_requests(side: int, n: int) -> list[Request]:
         prompt = render(spec, categories, UPLOAD_CAPTIONS[i % len(UPLOAD_CAPTIONS)])
         out.append(Request(f"meme-{side}-{i}", meme(i, side), prompt, json_schema(list(prompt.categories))))
     return out
-
-
-def chat_text(processor: Any, prompt: RenderedPrompt) -> str:
-    """The chat-template text for one request (what `TransformersEngine` feeds the processor)."""
-    messages = [
-        {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
-    ]
-    text: str = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False, enable_thinking=False
-    )
-    return text
 
 
 def model_inputs(processor: Any, reqs: list[Request], side: int, device: str, dtype: Any) -> Any:
@@ -282,8 +274,12 @@ class FlopModel:
         ctx = steps * n_in + steps * (steps + 1) // 2
         return 2 * (self.lm_matmul + self.lm_head) * steps + 4 * self.lm_attn_width * self.lm_layers * ctx
 
-    def request(self, n_in: int, n_out: int, patches: int) -> dict[str, float]:
-        parts = {"vision": self.vision(patches), "prefill": self.prefill(n_in), "decode": self.decode(n_in, n_out)}
+    def request(self, n_in: int, n_out: int, patches: int, cached: int = 0) -> dict[str, float]:
+        """`cached`: prompt tokens read from the shared-prefix KV cache. What prefill then executes
+        is the rest: prefill(n_in) - prefill(cached) (their matmuls, and their causal attention
+        over the whole context), up to the one lm_head position both count."""
+        prefill = self.prefill(n_in) - (self.prefill(cached) - 2 * self.lm_head if cached else 0)
+        parts = {"vision": self.vision(patches), "prefill": prefill, "decode": self.decode(n_in, n_out)}
         return parts | {"total": sum(parts.values())}
 
 
@@ -294,6 +290,7 @@ class Shape:
     n_in: int  # prompt tokens (text + image tokens), what the engine reports as tokens_in
     image_tokens: int
     patches: int
+    prefix: int  # tokens of the system turn: what the shared-prefix cache computes once
 
     @property
     def text_tokens(self) -> int:
@@ -304,10 +301,12 @@ def shape_of(processor: Any, req: Request, side: int, image_token_id: int) -> Sh
     import torch
 
     x = model_inputs(processor, [req], side, "cpu", torch.float32)
+    system = chat_text(processor, req.prompt, system_only=True)
     return Shape(
         n_in=int(x["attention_mask"][0].sum()),
         image_tokens=int((x["input_ids"][0] == image_token_id).sum()),
         patches=int(x["image_grid_thw"].prod(-1).sum()),
+        prefix=len(processor.tokenizer(system, add_special_tokens=False)["input_ids"]),
     )
 
 
@@ -326,7 +325,10 @@ def print_flops(fm: FlopModel, shapes: dict[int, Shape], new_tokens: int, assume
         f"{p_name}, merger per LM token {fm.vis_per_merged / p_unit:.3f} {p_name}"
     )
     print(f"{name} per image ({new_tokens} generated tokens):")
-    print(f"  side  patches  image tok  text tok   vision  prefill   decode    total {'  goal needs' if big else ''}")
+    print(
+        f"  side  patches  image tok  text tok   vision  prefill   decode    total  cached prefix: total"
+        f"{'  goal needs' if big else ''}"
+    )
     out: dict[str, Any] = {}
     for side, s in shapes.items():
         rows = [("", s.n_in)]
@@ -334,19 +336,24 @@ def print_flops(fm: FlopModel, shapes: dict[int, Shape], new_tokens: int, assume
             rows.append((f"  (at {assume_text} text tokens)", s.image_tokens + assume_text))
         for label, n_in in rows:
             f = fm.request(n_in, new_tokens, s.patches)
+            prefix = s.prefix if not label else round(s.prefix * assume_text / max(1, s.text_tokens))
+            c = fm.request(n_in, new_tokens, s.patches, prefix)["total"]
             goal = GOAL_IMG_S.get(side) if big else None
-            need = f"  {goal:g} img/s = {goal * f['total'] / 1e12:.0f} TFLOP/s" if goal else ""
+            need = f"  {goal:g} img/s = {goal * f['total'] / 1e12:.0f} ({goal * c / 1e12:.0f}) TFLOP/s" if goal else ""
             text_tok = n_in - s.image_tokens
             print(
                 f"  {side:4d}  {s.patches:7d}  {s.image_tokens:9d}  {text_tok:8d}  {f['vision'] / unit:7.2f}  "
-                f"{f['prefill'] / unit:7.2f}  {f['decode'] / unit:7.2f}  {f['total'] / unit:7.2f}{need}{label}"
+                f"{f['prefill'] / unit:7.2f}  {f['decode'] / unit:7.2f}  {f['total'] / unit:7.2f}  "
+                f"{prefix:6d} tok: {c / unit:7.2f}{need}{label}"
             )
             key = str(side) if not label else f"{side}@{assume_text}text"
             out[key] = {
                 "patches": s.patches,
                 "image_tokens": s.image_tokens,
                 "text_tokens": text_tok,
+                "prefix_tokens": prefix,
                 **{f"{k}_tflop": sig(v / 1e12) for k, v in f.items()},
+                "total_with_prefix_cache_tflop": sig(c / 1e12),
             }
     return out
 
@@ -391,6 +398,7 @@ class Bench:
         cycle = itertools.cycle(pool)
         times: list[float] = []
         gens: list[Generation] = []
+        cached: list[float] = []  # per image: prompt tokens read from the shared-prefix cache
         oom = False
         try:
             for i in itertools.count():  # call 0 is the warm-up
@@ -414,15 +422,22 @@ class Bench:
                 if i > 0:
                     times.append(elapsed)
                     gens.extend(o for o in outs if isinstance(o, Generation))
+                    cached += [engine.batch_log[-1].tokens_cached / b] * b
         except torch.OutOfMemoryError:
             oom = True
         if oom:
             self.free()
             return row | {"status": "OOM (CUDA out of memory; the engine halves such a batch, not measured)"}
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
-        flops = sum(self.fm.request(g.tokens_in, g.tokens_out, shape.patches)["total"] for g in gens)
+        # Executed FLOPs: what the shared-prefix cache saved is not counted as work done.
+        flops = sum(
+            self.fm.request(g.tokens_in, g.tokens_out, shape.patches, round(c))["total"]
+            for g, c in zip(gens, cached, strict=True)
+        )
         wall = sum(times)
         row |= {
+            "prefix_cache": engine.prefix_cache,
+            "tokens_cached": sum(cached) / len(gens),
             "images": len(gens),
             "batches": len(times),
             "img_s": len(gens) / wall,
@@ -509,7 +524,8 @@ def print_row(r: dict[str, Any]) -> None:
     prefill = r.get("prefill") or f"{fmt(r.get('prefill_s'), '7.3f')} s {fmt(r.get('prefill_mfu'), '6.1%')}"
     print(
         f"  {r['side']:5d} {r['batch']:5d} {r['img_s']:8.2f} {r['p50_s']:7.2f} {r['p95_s']:7.2f} "
-        f"{fmt(r['peak_gib'], '7.1f')} {r['tokens_in']:7.0f} {r['tokens_out']:5.0f} {r['tflop_per_image']:7.3g} "
+        f"{fmt(r['peak_gib'], '7.1f')} {r['tokens_in']:7.0f} {r['tokens_cached']:6.0f} {r['tokens_out']:5.0f} "
+        f"{r['tflop_per_image']:7.3g} "
         f"{fmt(r['mfu'], '6.1%')}  {fmt(r.get('prep_s'), '5.2f')}  {prefill}"
         + ("" if r["status"] == "ok" else f"  [{r['status']}]"),
         flush=True,
@@ -517,8 +533,9 @@ def print_row(r: dict[str, Any]) -> None:
 
 
 HEADER = (
-    "   side batch   img/s  p50 s   p95 s  peak GiB  tok in  out  TF/img  e2e MFU  prep s  prefill s, MFU\n"
+    "   side batch   img/s  p50 s   p95 s  peak GiB  tok in cached  out  TF/img  e2e MFU  prep s  prefill s, MFU\n"
     "  (p50/p95: one batch call = each image's latency; peak: GPU memory incl. the weights;\n"
+    "   cached: prompt tokens per image read from the shared-prefix KV cache; TF/img, MFU: executed FLOPs;\n"
     "   prep: the processor's CPU time for the batch; prefill: one forward pass of the batch)"
 )
 
@@ -659,6 +676,7 @@ def main() -> None:
     bench = Bench(args, model, processor, fm, peak)
     rows: list[dict[str, Any]] = []
     naive: list[dict[str, Any]] = []
+    ab: list[dict[str, Any]] = []
     for side in sides:
         engine = TransformersEngine(
             device=args.device, dtype=str(dtype).removeprefix("torch."), image_side=side, loaded=(model, processor)
@@ -675,6 +693,16 @@ def main() -> None:
             row = bench.batched(engine, pools[side], shapes[side], b)
             rows.append(row)
             print_row(row)
+        # A/B: the same engine without the shared-prefix cache, at one mid-size batch.
+        off = TransformersEngine(
+            device=args.device, dtype=str(dtype).removeprefix("torch."), image_side=side, loaded=(model, processor),
+            prefix_cache=False,
+        )  # fmt: skip
+        b = min(batches, key=lambda x: abs(x - 16))
+        row = bench.batched(off, pools[side], shapes[side], b) | {"note": "prefix cache off"}
+        ab.append(row)
+        print("  (the same, prefix cache off:)")
+        print_row(row)
     lines, met = goals(rows, naive)
     if lines and not args.tiny:
         print("\ngoals:")
@@ -684,6 +712,7 @@ def main() -> None:
     summary |= {
         "configs": [{k: sig(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "naive": [{k: sig(v) if isinstance(v, float) else v for k, v in n.items()} for n in naive],
+        "prefix_cache_off": [{k: sig(v) if isinstance(v, float) else v for k, v in r.items()} for r in ab],
         "goals_met": met if not args.tiny else "n/a (tiny model)",
         "total_s": round(time.monotonic() - args.started, 1),
     }

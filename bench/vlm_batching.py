@@ -4,10 +4,10 @@
 
 Builds a tiny GLM-4.6V-architecture checkpoint (no download), then drives `VlmAnalyzer.analyze`
 from many threads at once — as the GPU worker's Celery thread pool does — with batch sizes 1
-(no batching) and 16 (the default), and prints images/s, the batch sizes the engine ran (from
-its own batch log) and per-item latency. The tiny model's arithmetic is not a GPU's: this
-measures the mechanism (grouping, overhead, per-item outcomes), not VLM throughput; that is
-bench/gpu_vlm.py.
+(no batching), 4 and 16 (the default; once more without the shared-prefix KV cache), and prints
+images/s, the batch sizes the engine ran (from its own batch log) and per-item latency. The tiny
+model's arithmetic is not a GPU's: this measures the mechanism (grouping, overhead, per-item
+outcomes, prefill saved), not VLM throughput; that is bench/gpu_vlm.py.
 """
 
 from __future__ import annotations
@@ -68,10 +68,11 @@ def main() -> None:
     ]  # fmt: skip
     print(f"vlm_batching {time.strftime('%Y-%m-%d')}: {args.items} images from {args.threads} threads, "
           f"image side {args.side}, {args.new_tokens} new tokens, tiny model on the CPU")  # fmt: skip
-    for batch in (1, 4, 16):
+    for batch, shared in ((1, True), (4, True), (16, True), (16, False)):
         s = Settings(
             vlm_model=str(model), vlm_device="cpu", vlm_image_side=args.side,
             vlm_max_new_tokens=args.new_tokens, vlm_batch_max=batch, vlm_batch_wait_ms=50,
+            vlm_prefix_cache=shared,
         )  # fmt: skip
         analyzer = VlmAnalyzer(settings=s)
         analyzer.analyze_batch(items[:2])  # warm up
@@ -91,7 +92,8 @@ def main() -> None:
         sizes = [c.size for c in calls]
         lat = sorted(latencies)
         print(
-            f"  batch_max {batch:>2}: {len(items) / wall:6.2f} images/s; {len(calls)} model calls "
+            f"  batch_max {batch:>2}, prefix cache {'on ' if shared else 'off'}: {len(items) / wall:6.2f} images/s; "
+            f"{len(calls)} model calls "
             f"(size mean {statistics.mean(sizes):.1f}, max {max(sizes)}); latency p50 {lat[len(lat) // 2]:.2f} s, "
             f"p95 {lat[int(len(lat) * 0.95) - 1]:.2f} s"
         )

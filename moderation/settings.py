@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     vlm_device: str = "auto"  # auto | cuda | cuda:N | cpu (`moderation worker --device cpu`)
     vlm_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
     vlm_image_side: int = 672  # long side of the image fed to the model: the speed/quality trade-off
+    # In-process engine: compute the policy's system turn once and share its KV cache across a
+    # batch (prefill then pays only for the image and the caption). Same outputs; off for A/B.
+    vlm_prefix_cache: bool = True
     # generated: the score the model wrote; logprob: its expectation under the model's token
     # probabilities where the engine returns them (moderation/vlm/logprob.py).
     vlm_score_method: Literal["generated", "logprob"] = "generated"

@@ -71,7 +71,7 @@ class VlmAnalyzer(Analyzer):
         else:
             self.engine = build_engine(
                 "transformers", model=model_ref(model or s.vlm_model), device=s.vlm_device, dtype=s.vlm_dtype,
-                image_side=side,
+                image_side=side, prefix_cache=s.vlm_prefix_cache,
             )  # fmt: skip
         self.version = f"{self.engine.model_id.rstrip('/').rsplit('/', 1)[-1]}@{self.engine.model_version}"
         # In-process models run one batch at a time; a remote server takes several batches at once

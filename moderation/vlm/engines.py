@@ -23,7 +23,7 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ class BatchLogEntry:
     tokens_out: int = 0
     errors: int = 0
     splits: int = 0  # times the batch was halved after running out of GPU memory
+    tokens_cached: int = 0  # prompt tokens read from the shared-prefix KV cache, not recomputed
 
 
 Outcome = Generation | BaseException
@@ -110,6 +111,37 @@ def alternatives_of(top: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def chat_text(processor: Any, prompt: RenderedPrompt, system_only: bool = False) -> str:
+    """The chat-template text of a request; `system_only`: of its system turn alone (the prefix
+    that the shared-prefix cache computes once)."""
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
+    ]
+    # Thinking off where the template has the switch (GLM, Qwen3); templates without it would
+    # take the keyword for a processor option.
+    extra = {"enable_thinking": False} if "enable_thinking" in str(processor.chat_template) else {}
+    text: str = processor.apply_chat_template(
+        messages[:1] if system_only else messages, add_generation_prompt=not system_only, tokenize=False, **extra
+    )
+    return text
+
+
+def _same_first_step(a: Outcome, b: Outcome) -> bool:
+    """Same first token, log-probability within bf16 rounding."""
+    if not isinstance(a, Generation) or not isinstance(b, Generation):
+        return False
+    if not a.steps or not b.steps:  # stopped at once: nothing to compare but the text
+        return not a.steps and not b.steps and a.text == b.text
+    (tok_a, alt_a), (tok_b, alt_b) = a.steps[0], b.steps[0]
+    return tok_a == tok_b and abs(alt_a.get(tok_a, 0.0) - alt_b.get(tok_b, 0.0)) <= 0.25
+
+
+def _per_token(value: Any, ids: Any) -> bool:
+    """A tensor laid out like input_ids (mm_token_type_ids, token_type_ids): moved with the tokens."""
+    return hasattr(value, "shape") and tuple(value.shape) == tuple(ids.shape)
+
+
 def fit_long_side(image: Image.Image, side: int) -> Image.Image:
     """Scale down so that the long side is at most `side` (the main speed/quality setting)."""
     w, h = image.size
@@ -136,6 +168,7 @@ class TransformersEngine:
         image_side: int = 672,
         attn_implementation: str = "sdpa",
         loaded: tuple[Any, Any] | None = None,  # (model, processor) already built (benchmarks)
+        prefix_cache: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -185,6 +218,11 @@ class TransformersEngine:
         self._lock = threading.Lock()  # one model call at a time
         self.broken: str | None = None  # set when the device is unusable for good
         self.max_call_s = 120.0  # a generous bound for one batched generate call on a GPU
+        # The system turn (policy categories, answer shape) is the same for every image of a
+        # policy and comes first: its keys and values are computed once and shared by every row
+        # of a batch, so prefill only pays for the image and the caption (see _share_prefix).
+        self.prefix_cache = prefix_cache
+        self._prefixes: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
     def _device_lost(self) -> bool:
         """After an unexpected error on a GPU: is the CUDA context still usable? Errors such as
@@ -201,43 +239,59 @@ class TransformersEngine:
     def _config_digest(self) -> str:
         return hashlib.sha256(self.model.config.to_json_string().encode()).hexdigest()[:12]
 
-    def _text(self, prompt: RenderedPrompt) -> str:
-        messages = [
-            {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
-        ]
-        # Thinking off where the template has the switch (GLM, Qwen3); templates without it would
-        # take the keyword for a processor option.
-        extra = {"enable_thinking": False} if "enable_thinking" in str(self.processor.chat_template) else {}
-        text: str = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
-        return text
+    def _text(self, prompt: RenderedPrompt, system_only: bool = False) -> str:
+        return chat_text(self.processor, prompt, system_only)
 
     def warmup(self) -> None:
-        """One tiny generation, so the first real batch does not pay for kernel set-up."""
+        """A small batch generated with and without the shared-prefix cache, so the first real
+        batch does not pay for kernel set-up, and so a model (or transformers release) whose
+        generate does not take a prefix cache the way GLM and Qwen2.5-VL do runs without it
+        rather than answering differently: the first step's best token and its log-probability
+        must agree (bf16 rounding allowed)."""
         from moderation.vlm.prompts import RenderedPrompt as RP
 
-        req = Request("warmup", Image.new("RGB", (64, 64), (128, 128, 128)), RP("", "Describe.", ()))
-        (outcome,) = self.generate([req], max_new_tokens=2)
-        if isinstance(outcome, BaseException):  # a model that cannot generate must not look ready
-            raise RuntimeError(f"VLM warm-up generation failed: {outcome!r}") from outcome
+        system = "You check uploaded images for risks to the people who will see them. " * 3
+        reqs = [
+            Request(f"warmup{i}", Image.new("RGB", (64 + 32 * i, 64), (128, 40 * i, 128)), RP(system, "Describe.", ()))
+            for i in range(2)
+        ]
+        shared = self.prefix_cache
+        self.prefix_cache = False
+        plain = self.generate(reqs, max_new_tokens=2, logprobs=1)
+        for outcome in plain:
+            if isinstance(outcome, BaseException):  # a model that cannot generate must not look ready
+                raise RuntimeError(f"VLM warm-up generation failed: {outcome!r}") from outcome
+        if not shared:
+            return
+        self.prefix_cache = True
+        cached = self.generate(reqs, max_new_tokens=2, logprobs=1)
+        if self.batch_log[-1].tokens_cached and not all(map(_same_first_step, plain, cached)):
+            log.warning("%s: outputs differ with the shared-prefix KV cache; running without it", self.model_id)
+            self.prefix_cache = False
 
     def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
         entry = _record(self.batch_log, requests)
         started = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(requests)
         ready: list[tuple[int, str, Image.Image]] = []
+        prefixes: set[str] = set()
         for i, r in enumerate(requests):  # per-item preparation: one bad image fails only itself
             try:
-                ready.append((i, self._text(r.prompt), fit_long_side(r.image.convert("RGB"), self.image_side)))
+                item = (i, self._text(r.prompt), fit_long_side(r.image.convert("RGB"), self.image_side))
+                if self.prefix_cache:
+                    prefixes.add(self._text(r.prompt, system_only=True))
+                ready.append(item)
             except Exception as exc:
                 outcomes[i] = exc
+        prefix = prefixes.pop() if len(prefixes) == 1 else None  # one prefix shared by the batch, or none
         with self._lock:
-            self._run(ready, outcomes, max_new_tokens, entry, logprobs)
+            self._run(ready, outcomes, max_new_tokens, entry, logprobs, prefix)
         entry.ms = (time.perf_counter() - started) * 1000
         entry.errors = sum(isinstance(o, BaseException) for o in outcomes)
         log.info(
-            "vlm engine=transformers batch=%s size=%d tokens_in=%d tokens_out=%d ms=%.1f errors=%d splits=%d",
-            entry.batch_id, entry.size, entry.tokens_in, entry.tokens_out, entry.ms, entry.errors, entry.splits,
+            "vlm engine=transformers batch=%s size=%d tokens_in=%d cached=%d tokens_out=%d ms=%.1f errors=%d splits=%d",
+            entry.batch_id, entry.size, entry.tokens_in, entry.tokens_cached, entry.tokens_out, entry.ms, entry.errors,
+            entry.splits,
         )  # fmt: skip
         return [o if o is not None else RuntimeError("no outcome") for o in outcomes]
 
@@ -248,6 +302,7 @@ class TransformersEngine:
         max_new_tokens: int,
         entry: BatchLogEntry,
         logprobs: int = 0,
+        prefix: str | None = None,
     ) -> None:
         if not items:
             return
@@ -260,8 +315,14 @@ class TransformersEngine:
             if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
             with torch.inference_mode():
+                shared = self._share_prefix(inputs, prefix) if prefix is not None else None
+                if shared is not None:
+                    inputs["input_ids"], inputs["attention_mask"] = shared[1], shared[2]
+                    inputs.update(shared[3])
+                    entry.tokens_cached += len(items) * int(shared[0]["length"])
                 gen = self.model.generate(
                     **inputs,
+                    **({"cache": shared[0]["cache"]} if shared is not None else {}),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     output_logits=logprobs > 0,  # raw logits, as a server's logprobs are
@@ -283,19 +344,19 @@ class TransformersEngine:
                 outcomes[items[0][0]] = exc
                 return
             for item in items:  # find the item that breaks the batch: the others still run
-                self._run([item], outcomes, max_new_tokens, entry, logprobs)
+                self._run([item], outcomes, max_new_tokens, entry, logprobs, prefix)
             return
         if out_of_memory:
             entry.splits += 1
-            inputs = gen = None
+            inputs = gen = shared = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
                 outcomes[items[0][0]] = RuntimeError("CUDA out of memory on a single image")
                 return
             half = len(items) // 2
-            self._run(items[:half], outcomes, max_new_tokens, entry, logprobs)
-            self._run(items[half:], outcomes, max_new_tokens, entry, logprobs)
+            self._run(items[:half], outcomes, max_new_tokens, entry, logprobs, prefix)
+            self._run(items[half:], outcomes, max_new_tokens, entry, logprobs, prefix)
             return
         prompt_len = inputs["input_ids"].shape[1]
         new = out[:, prompt_len:]
@@ -312,6 +373,53 @@ class TransformersEngine:
             truncated = not ended and n_out >= max_new_tokens
             steps = self._steps(gen.logits, new[row], row, logprobs, eos_ids, pad) if logprobs > 0 else None
             outcomes[i] = Generation(texts[row], entry.batch_id, entry.size, n_in, n_out, truncated, steps)
+
+    def _share_prefix(self, inputs: Any, text: str) -> tuple[dict[str, Any], Any, Any, dict[str, Any]] | None:
+        """Lay the batch out as [shared prefix | padding | own suffix] and hand generate a KV cache
+        of the prefix, computed once per prefix and copied to every row.
+
+        Returns ({"cache", "length"}, input_ids, attention_mask, other per-token tensors), or None
+        when the batch does not share this engine's current prefix token for token (the check is
+        on tokens, so a template that renders the system turn differently inside a conversation
+        simply runs without the cache). Positions and attention are those of the left-padded
+        batch: padding is masked wherever it sits, and every row's real tokens keep positions
+        0..n-1 (the unit tests compare logits with and without the cache).
+        """
+        import copy
+
+        torch = self._torch
+        if text not in self._prefixes:
+            ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            if len(ids) < 8:  # nothing worth sharing (a prompt without a system turn)
+                return None
+            out = self.model(input_ids=ids[None].to(self.device), use_cache=True)
+            cache = getattr(out, "cache", None)
+            self._prefixes[text] = (ids.to(self.device), cache if cache is not None else out.past_key_values)
+            while len(self._prefixes) > 8:  # one per policy prompt in use; a few MB each
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(text)
+        prefix, cache = self._prefixes[text]
+        n = len(prefix)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        width = ids.shape[1]
+        per_token = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and _per_token(v, ids)}
+        order = []
+        for row in range(ids.shape[0]):
+            real = mask[row].nonzero().flatten()
+            if len(real) <= n or not torch.equal(ids[row, real[:n]], prefix) or int(real[0]) + len(real) != width:
+                return None
+            pad = width - len(real)
+            # prefix first, then the padding, then the row's own tokens
+            order.append(torch.cat([real[:n], torch.arange(pad, device=ids.device), real[n:]]))
+        index = torch.stack(order)
+        rows = copy.deepcopy(cache)
+        rows.batch_repeat_interleave(ids.shape[0])
+        return (
+            {"cache": rows, "length": n},
+            ids.gather(1, index),
+            mask.gather(1, index),
+            {k: v.gather(1, index) for k, v in per_token.items()},
+        )
 
     def _steps(
         self, scores: Any, tokens: Any, row: int, k: int, stop: set[int], pad: int | None

@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from moderation.analyzers.base import AnalysisInput, Finding
 from moderation.policy import TAXONOMY, PolicyError, evaluate, load_policies, load_policy
 from moderation.settings import REPO_ROOT, Settings
 from moderation.vlm.batching import MicroBatcher
+from moderation.vlm.engines import Request
 from moderation.vlm.prompts import (
     UnparseableOutput,
     json_schema,
@@ -260,6 +262,64 @@ def test_the_engine_is_not_glm_specific(tmp_path: Path) -> None:
     ]
     outs = engine.generate(reqs, 4)
     assert all(isinstance(o, Generation) and o.tokens_out == 4 and o.batch_size == 3 for o in outs)
+
+
+def same_answers(with_cache: list[Any], without: list[Any]) -> None:
+    """Same tokens, and the same log-probabilities of the same alternatives at every step."""
+    from moderation.vlm.engines import Generation
+
+    for a, b in zip(with_cache, without, strict=True):
+        assert isinstance(a, Generation) and isinstance(b, Generation)
+        assert a.text == b.text and a.steps and b.steps and len(a.steps) == len(b.steps)
+        for (tok_a, alt_a), (tok_b, alt_b) in zip(a.steps, b.steps, strict=True):
+            assert tok_a == tok_b and alt_a.keys() == alt_b.keys()
+            assert all(abs(alt_a[k] - alt_b[k]) < 1e-4 for k in alt_a)
+
+
+@pytest.mark.parametrize("arch", ["glm", "qwen2.5-vl"])
+def test_shared_prefix_cache_changes_no_output(arch: str, tiny_vlm: dict[str, Path], tmp_path: Path) -> None:
+    """The system turn's KV cache, computed once and shared by a batch laid out as
+    [prefix | padding | own tokens], gives what the plain left-padded batch gives."""
+    from moderation.vlm.engines import TransformersEngine
+    from moderation.vlm.synthetic import save_tiny_qwen25vl
+
+    path = tiny_vlm["random"] if arch == "glm" else save_tiny_qwen25vl(tmp_path / "qwen")
+    on = TransformersEngine(str(path), device="cpu", image_side=112)
+    off = TransformersEngine(device="cpu", image_side=112, prefix_cache=False, loaded=(on.model, on.processor))
+    spec = load_prompt(POLICIES, "risk-v1")
+    # Images of different sizes (different numbers of image tokens) and captions of different lengths.
+    images = [Image.new("RGB", (60 + 25 * i, 50 + 10 * i), (30 * i, 90, 160)) for i in range(4)]
+    reqs = [Request(f"k{i}", im, render(spec, ["hate"], "x" * 7 * i)) for i, im in enumerate(images)]
+    for _ in range(2):  # the second batch reuses the stored prefix
+        same_answers(on.generate(reqs, 6, logprobs=5), off.generate(reqs, 6, logprobs=5))
+    assert len(on._prefixes) == 1
+    cached = [e.tokens_cached for e in on.batch_log]
+    assert all(c > 0 for c in cached) and cached[0] == 4 * len(on._prefixes[next(iter(on._prefixes))][0])
+    assert all(e.tokens_cached == 0 for e in off.batch_log)
+    # A batch mixing two policies' prompts shares no prefix: it runs without the cache, unchanged.
+    mixed = [reqs[0], Request("k9", reqs[1].image, render(spec, ["hate", "spam"], None))]
+    same_answers(on.generate(mixed, 4, logprobs=5), off.generate(mixed, 4, logprobs=5))
+    assert on.batch_log[-1].tokens_cached == 0
+
+
+def test_warmup_keeps_the_prefix_cache_only_when_outputs_agree(tiny_vlm: dict[str, Path], monkeypatch) -> None:
+    from moderation.vlm import engines
+    from moderation.vlm.engines import Generation, TransformersEngine
+
+    engine = TransformersEngine(str(tiny_vlm["random"]), device="cpu", image_side=112)
+    engine.warmup()
+    assert engine.prefix_cache and engine.batch_log[-1].tokens_cached > 0  # the check ran with the cache
+    monkeypatch.setattr(engines, "_same_first_step", lambda a, b: False)
+    engine.warmup()
+    assert not engine.prefix_cache
+
+    def gen(token: str, logprob: float) -> Generation:
+        return Generation(token, "b", 1, steps=[(token, {token: logprob})])
+
+    monkeypatch.undo()
+    same = engines._same_first_step
+    assert same(gen("{", -0.1), gen("{", -0.2)) and not same(gen("{", -0.1), gen("[", -0.1))
+    assert not same(gen("{", -0.1), gen("{", -1.5)) and not same(gen("{", -0.1), RuntimeError("x"))
 
 
 def test_loader_refuses_a_processor_without_an_image_processor(scripted) -> None:
