@@ -127,14 +127,21 @@ def chat_text(processor: Any, prompt: RenderedPrompt, system_only: bool = False)
     return text
 
 
-def _same_first_step(a: Outcome, b: Outcome) -> bool:
-    """Same first token, log-probability within bf16 rounding."""
+def _same_steps(a: Outcome, b: Outcome, tolerance: float = 0.25) -> bool:
+    """`b` generated what `a` did: the same token at every step, its log-probability within
+    `tolerance` (bf16 rounding). At a near tie in `a` (its two best within `tolerance`) either
+    token is fine, and the rest is not compared (the answers diverge from there, legitimately)."""
     if not isinstance(a, Generation) or not isinstance(b, Generation):
         return False
     if not a.steps or not b.steps:  # stopped at once: nothing to compare but the text
         return not a.steps and not b.steps and a.text == b.text
-    (tok_a, alt_a), (tok_b, alt_b) = a.steps[0], b.steps[0]
-    return tok_a == tok_b and abs(alt_a.get(tok_a, 0.0) - alt_b.get(tok_b, 0.0)) <= 0.25
+    for (tok_a, alt_a), (tok_b, alt_b) in zip(a.steps, b.steps, strict=False):
+        best = sorted(alt_a.values(), reverse=True)
+        if len(best) > 1 and best[0] - best[1] <= tolerance:
+            return True
+        if tok_a != tok_b or abs(alt_a.get(tok_a, 0.0) - alt_b.get(tok_b, 0.0)) > tolerance:
+            return False
+    return len(a.steps) == len(b.steps)
 
 
 def _per_token(value: Any, ids: Any) -> bool:
@@ -245,9 +252,9 @@ class TransformersEngine:
     def warmup(self) -> None:
         """A small batch generated with and without the shared-prefix cache, so the first real
         batch does not pay for kernel set-up, and so a model (or transformers release) whose
-        generate does not take a prefix cache the way GLM and Qwen2.5-VL do runs without it
-        rather than answering differently: the first step's best token and its log-probability
-        must agree (bf16 rounding allowed)."""
+        generate does not take a prefix cache the way GLM and Qwen2.5-VL do runs without it rather
+        than failing or answering differently (`_same_steps`: same tokens, log-probabilities within
+        bf16 rounding)."""
         from moderation.vlm.prompts import RenderedPrompt as RP
 
         system = "You check uploaded images for risks to the people who will see them. " * 3
@@ -257,16 +264,25 @@ class TransformersEngine:
         ]
         shared = self.prefix_cache
         self.prefix_cache = False
-        plain = self.generate(reqs, max_new_tokens=2, logprobs=1)
+        plain = self.generate(reqs, max_new_tokens=4, logprobs=2)
         for outcome in plain:
             if isinstance(outcome, BaseException):  # a model that cannot generate must not look ready
                 raise RuntimeError(f"VLM warm-up generation failed: {outcome!r}") from outcome
         if not shared:
             return
         self.prefix_cache = True
-        cached = self.generate(reqs, max_new_tokens=2, logprobs=1)
-        if self.batch_log[-1].tokens_cached and not all(map(_same_first_step, plain, cached)):
-            log.warning("%s: outputs differ with the shared-prefix KV cache; running without it", self.model_id)
+        cached = self.generate(reqs, max_new_tokens=4, logprobs=2)
+        ids = {o.batch_id for o in cached if isinstance(o, Generation)}
+        saved = sum(e.tokens_cached for e in self.batch_log if e.batch_id in ids)
+        why = None
+        if any(isinstance(o, BaseException) for o in cached):
+            why = "it fails"
+        elif not saved:
+            why = "the prompts do not share it token for token"
+        elif not all(map(_same_steps, plain, cached)):
+            why = "outputs differ"
+        if why:
+            log.warning("%s: shared-prefix KV cache off (%s)", self.model_id, why)
             self.prefix_cache = False
 
     def generate(self, requests: list[Request], max_new_tokens: int, logprobs: int = 0) -> list[Outcome]:
@@ -277,12 +293,15 @@ class TransformersEngine:
         prefixes: set[str] = set()
         for i, r in enumerate(requests):  # per-item preparation: one bad image fails only itself
             try:
-                item = (i, self._text(r.prompt), fit_long_side(r.image.convert("RGB"), self.image_side))
-                if self.prefix_cache:
-                    prefixes.add(self._text(r.prompt, system_only=True))
-                ready.append(item)
+                ready.append((i, self._text(r.prompt), fit_long_side(r.image.convert("RGB"), self.image_side)))
             except Exception as exc:
                 outcomes[i] = exc
+                continue
+            if self.prefix_cache:
+                try:
+                    prefixes.add(self._text(r.prompt, system_only=True))
+                except Exception:  # a template that cannot render a system turn alone: no shared prefix
+                    prefixes.add("")
         prefix = prefixes.pop() if len(prefixes) == 1 else None  # one prefix shared by the batch, or none
         with self._lock:
             self._run(ready, outcomes, max_new_tokens, entry, logprobs, prefix)
@@ -308,6 +327,7 @@ class TransformersEngine:
             return
         torch = self._torch
         out_of_memory = False
+        shared = None
         try:
             inputs = self.processor(
                 text=[t for _, t, _ in items], images=[im for _, _, im in items], return_tensors="pt", padding=True
@@ -319,7 +339,6 @@ class TransformersEngine:
                 if shared is not None:
                     inputs["input_ids"], inputs["attention_mask"] = shared[1], shared[2]
                     inputs.update(shared[3])
-                    entry.tokens_cached += len(items) * int(shared[0]["length"])
                 gen = self.model.generate(
                     **inputs,
                     **({"cache": shared[0]["cache"]} if shared is not None else {}),
@@ -329,6 +348,8 @@ class TransformersEngine:
                     return_dict_in_generate=True,
                 )
             out = gen.sequences
+            if shared is not None:
+                entry.tokens_cached += len(items) * int(shared[0]["length"])
         except torch.cuda.OutOfMemoryError:
             # Recover outside the except block: the exception's traceback still holds the failed
             # attempt's tensors, and memory is only freed once it is gone (PyTorch FAQ).
@@ -340,6 +361,10 @@ class TransformersEngine:
                 # unacknowledged tasks are redelivered to a healthy one.
                 self.broken = f"{type(exc).__name__}: {exc}"
                 raise FatalEngineError(self.broken) from exc
+            if prefix is not None:  # whatever failed, the plain path decides who it was
+                log.warning("vlm batch %s failed with the shared prefix; running it without: %r", entry.batch_id, exc)
+                self._run(items, outcomes, max_new_tokens, entry, logprobs, None)
+                return
             if len(items) == 1:
                 outcomes[items[0][0]] = exc
                 return
@@ -392,10 +417,10 @@ class TransformersEngine:
             ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
             if len(ids) < 8:  # nothing worth sharing (a prompt without a system turn)
                 return None
-            out = self.model(input_ids=ids[None].to(self.device), use_cache=True)
+            out = self.model(input_ids=ids[None].to(self.device), use_cache=True, logits_to_keep=1)
             cache = getattr(out, "cache", None)
             self._prefixes[text] = (ids.to(self.device), cache if cache is not None else out.past_key_values)
-            while len(self._prefixes) > 8:  # one per policy prompt in use; a few MB each
+            while len(self._prefixes) > 8:  # one per policy prompt in use; ~30 MB each for GLM-4.6V-Flash
                 self._prefixes.popitem(last=False)
         self._prefixes.move_to_end(text)
         prefix, cache = self._prefixes[text]

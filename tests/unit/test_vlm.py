@@ -302,24 +302,42 @@ def test_shared_prefix_cache_changes_no_output(arch: str, tiny_vlm: dict[str, Pa
     assert on.batch_log[-1].tokens_cached == 0
 
 
-def test_warmup_keeps_the_prefix_cache_only_when_outputs_agree(tiny_vlm: dict[str, Path], monkeypatch) -> None:
+def test_warmup_keeps_the_prefix_cache_only_when_it_works(tiny_vlm: dict[str, Path], monkeypatch) -> None:
     from moderation.vlm import engines
     from moderation.vlm.engines import Generation, TransformersEngine
 
     engine = TransformersEngine(str(tiny_vlm["random"]), device="cpu", image_side=112)
     engine.warmup()
     assert engine.prefix_cache and engine.batch_log[-1].tokens_cached > 0  # the check ran with the cache
-    monkeypatch.setattr(engines, "_same_first_step", lambda a, b: False)
-    engine.warmup()
-    assert not engine.prefix_cache
+    with monkeypatch.context() as m:  # outputs that differ
+        m.setattr(engines, "_same_steps", lambda a, b: False)
+        engine.warmup()
+        assert not engine.prefix_cache
+    engine.prefix_cache = True
 
-    def gen(token: str, logprob: float) -> Generation:
-        return Generation(token, "b", 1, steps=[(token, {token: logprob})])
+    def no_cache(*_: object) -> None:
+        raise TypeError("this model's generate takes no cache")
 
-    monkeypatch.undo()
-    same = engines._same_first_step
-    assert same(gen("{", -0.1), gen("{", -0.2)) and not same(gen("{", -0.1), gen("[", -0.1))
-    assert not same(gen("{", -0.1), gen("{", -1.5)) and not same(gen("{", -0.1), RuntimeError("x"))
+    prompt = render(load_prompt(POLICIES, "risk-v1"), ["hate"], None)
+    reqs = [Request(f"k{i}", Image.new("RGB", (80 + 20 * i, 60), "gray"), prompt) for i in range(2)]
+    with monkeypatch.context() as m:  # a cache the model's generate cannot take: answered without it
+        m.setattr(TransformersEngine, "_share_prefix", no_cache)
+        assert all(isinstance(o, Generation) for o in engine.generate(reqs, 3))
+        assert engine.batch_log[-1].tokens_cached == 0
+        engine.warmup()
+        assert not engine.prefix_cache
+
+    def gen(*steps: tuple[str, dict[str, float]]) -> Generation:
+        return Generation("".join(t for t, _ in steps), "b", 1, steps=list(steps))
+
+    same = engines._same_steps
+    a = gen(("{", {"{": -0.1, "[": -3.0}), ("x", {"x": -0.5, "y": -2.0}))
+    assert same(a, gen(("{", {"{": -0.15}), ("x", {"x": -0.6})))
+    assert not same(a, gen(("{", {"{": -0.1}), ("y", {"y": -0.5})))  # a later step differs
+    assert not same(a, gen(("{", {"{": -0.9}), ("x", {"x": -0.5})))  # a log-probability moved
+    assert not same(a, RuntimeError("x"))
+    tie = gen(("{", {"{": -0.69, "[": -0.70}))
+    assert same(tie, gen(("[", {"[": -0.69})))  # a near tie in bf16 may go either way
 
 
 def test_loader_refuses_a_processor_without_an_image_processor(scripted) -> None:
