@@ -681,6 +681,9 @@ def main() -> None:
         engine = TransformersEngine(
             device=args.device, dtype=str(dtype).removeprefix("torch."), image_side=side, loaded=(model, processor)
         )
+        engine.warmup()  # also checks the shared-prefix cache against the plain path (bf16, this GPU)
+        summary.setdefault("prefix_cache_check", {})[str(side)] = "agrees" if engine.prefix_cache else "turned off"
+        print(f"\nside {side}: shared-prefix cache check: {summary['prefix_cache_check'][str(side)]}")
         nv = bench.naive(pools[side], side, args.naive_images)
         naive.append(nv)
         print(
