@@ -37,7 +37,11 @@ Q_GPU = "analyze.gpu"
 Q_DECIDE = "decide"
 Q_CALLBACKS = "callbacks"
 Q_MAINT = "maintenance"
-CPU_QUEUES = (Q_INGEST, Q_EXTERNAL, Q_CPU, Q_DECIDE, Q_CALLBACKS, Q_MAINT)
+# The order a CPU worker consumes in (Redis `queue_order_strategy: priority` reads the queues in
+# this order, not round robin): work that finishes an item first — a decision, the platform's
+# callback — then cheap ingest (bank hits decide at once), then the expensive analyzers. With
+# analyze.cpu first, every decision waited until the whole analyzer backlog had drained.
+CPU_QUEUES = (Q_MAINT, Q_DECIDE, Q_CALLBACKS, Q_INGEST, Q_EXTERNAL, Q_CPU)
 
 T_INGEST = "moderation.ingest"
 T_ANALYZE = "moderation.analyze"

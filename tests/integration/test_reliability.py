@@ -89,6 +89,23 @@ def test_worker_killed_with_sigkill_mid_run_loses_nothing(client, keys, ctx, pro
     chain_ok(client, keys)
 
 
+def test_decisions_do_not_wait_for_the_analyzer_backlog(client, keys, ctx, procs) -> None:
+    """A worker takes finishing work (decide) before new analyzer work: the first items are decided
+    while later ones still wait for their analysis, not all at once when the backlog has drained."""
+    ids = [post(client, keys["submitter"], 1100 + i, policy="test-cascade", caption="sleep=0.3") for i in range(12)]
+    procs.worker(concurrency=2)
+    wait_until(lambda: all_final(ctx, ids), 120, what="all decided")
+    with ctx.engine.connect() as conn:
+        first_decided = conn.execute(
+            select(func.min(decisions.c.decided_at)).where(decisions.c.submission_id.in_(ids))
+        ).scalar_one()
+        caption = findings.c.stage == "caption"
+        last_analyzed = conn.execute(
+            select(func.max(findings.c.created_at)).where(findings.c.submission_id.in_(ids), caption)
+        ).scalar_one()
+    assert first_decided < last_analyzed
+
+
 def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_client) -> None:
     ids = [post(client, keys["submitter"], 2000 + i, policy="hash-only") for i in range(30)]
 

@@ -167,7 +167,7 @@ def test_workers_and_queues(services):
     assert gpu == ["moderation", "worker", "--gpus", "0"]
     cpu_queues = option(cpu, "-Q", "--queues")
     assert cpu_queues
-    assert set(cpu_queues.split(",")) == set(queue.CPU_QUEUES)
+    assert cpu_queues.split(",") == list(queue.CPU_QUEUES)  # the order is the consumption order
     for name, args in moderation_commands(services).items():
         queues = option(args, "-Q", "--queues")
         for q in (queues or "").split(","):
