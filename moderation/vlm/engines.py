@@ -414,8 +414,12 @@ class TransformersEngine:
 
         torch = self._torch
         if text not in self._prefixes:
-            ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-            if len(ids) < 8:  # nothing worth sharing (a prompt without a system turn)
+            # Tokenized as the processor tokenized the whole text: with the tokenizer's special
+            # tokens if it adds a BOS, without if the template spells them (GLM's [gMASK]<sop>).
+            first = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].cpu()
+            candidates = (self.processor.tokenizer(text, add_special_tokens=s)["input_ids"] for s in (True, False))
+            ids = next((torch.tensor(c) for c in candidates if first[: len(c)].tolist() == list(c)), None)
+            if ids is None or len(ids) < 8:  # no shared prefix, or nothing worth sharing
                 return None
             out = self.model(input_ids=ids[None].to(self.device), use_cache=True, logits_to_keep=1)
             cache = getattr(out, "cache", None)
