@@ -3,7 +3,10 @@
     python bench/pipeline.py                      # defaults below; prints the figures
     python bench/pipeline.py --duration 60 --rate 100 --concurrency 32
 
-Phases (hash-only policy, distinct 1080x1080 JPEGs of 150-250 KB):
+    python bench/pipeline.py --policy default --duration 30 --concurrency 4 --rate 4 \
+        --latency-duration 30 --worker-procs 2          # the lite cascade (OCR, text risk, nudity)
+
+Phases (hash-only policy unless --policy, distinct 1080x1080 JPEGs of 150-250 KB):
   1. sustained: closed loop at `--concurrency` for `--duration` s: accepted/s and decided/s.
   2. latency:   open loop at `--rate` submissions/s for `--latency-duration` s: p50/p95/p99 of
                 accept -> decision (the submission's created_at to its decision's decided_at, both
@@ -38,6 +41,7 @@ import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+POLICY = "hash-only"  # of phases 1-2 (--policy)
 sys.path.insert(0, str(REPO))
 
 from bench.common import fresh_database, pct  # noqa: E402
@@ -111,6 +115,16 @@ class HttpConn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, data: bytes, fields: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            return await self._post(data, fields)
+        except (ConnectionError, IndexError, asyncio.IncompleteReadError):
+            # The server closed an idle keep-alive connection (at low rates): reconnect, once.
+            if self.writer is not None:
+                self.writer.close()
+            self.reader = self.writer = None
+            return await self._post(data, fields)
+
+    async def _post(self, data: bytes, fields: dict[str, str]) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         body, boundary = multipart(data, fields)
@@ -153,7 +167,7 @@ async def closed_loop(
         while time.monotonic() < deadline and nxt < len(images):
             i = nxt
             nxt += 1
-            status, payload = await conn.post(images[i].read_bytes(), {"policy": "hash-only", "external_id": f"b{i}"})
+            status, payload = await conn.post(images[i].read_bytes(), {"policy": POLICY, "external_id": f"b{i}"})
             if status == 202:
                 run.accepted.append((json.loads(payload)["id"], time.time()))
             else:
@@ -185,7 +199,7 @@ async def open_loop(
         conn = await pool.get()
         try:
             data = (same_image or images[i]).read_bytes()
-            form = fields if fields is not None else {"policy": "hash-only", "external_id": f"b{i}"}
+            form = fields if fields is not None else {"policy": POLICY, "external_id": f"b{i}"}
             status, payload = await conn.post(data, form)
         finally:
             pool.put_nowait(conn)
@@ -331,7 +345,12 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     ap.add_argument("--port", type=int, default=8077)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--policy", default="hash-only", help="policy of phases 1-2: hash-only (default) or default (the lite cascade)"
+    )
     args = ap.parse_args()
+    global POLICY
+    POLICY = args.policy
 
     import redis
 
