@@ -83,6 +83,7 @@ class VlmAnalyzer(Analyzer):
             s.vlm_batch_wait_ms / 1000,
             key=lambda i: i.submission_id,
             parallel=parallel,
+            group=lambda i: tuple(i.categories),  # same categories, same system turn: one shared prefix
         )
         # An item waits for at most the batch ahead of it, then its own answer and retry; and
         # below the broker's visibility timeout, after which the message would be redelivered.

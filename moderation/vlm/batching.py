@@ -6,6 +6,10 @@ of the first, and calls `run(items)` once on its own thread, so the model only e
 batch at a time. `run` returns one outcome per item (a value or an exception): one bad item
 fails only its own future. Every batch is recorded in `log` (and logged), which is what tests
 and operators read to see how items were grouped.
+
+With `group`, a batch holds only items of the oldest waiting item's group (for the VLM: the same
+policy categories, so the same system turn, whose KV cache the batch then shares); items of
+other groups wait, in order, for the next batch.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -45,6 +49,7 @@ class MicroBatcher(Generic[T, R]):
         key: Callable[[T], str] = lambda _item: "",
         log_size: int = 1000,
         parallel: int = 1,
+        group: Callable[[T], Hashable] = lambda _item: None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -52,7 +57,9 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._key = key
+        self._group = group
         self._queue: queue.Queue[tuple[T, Future[R], float]] = queue.Queue()
+        self._held: deque[tuple[T, Future[R], float]] = deque()  # other groups' items, oldest first
         self.log: deque[BatchRecord] = deque(maxlen=log_size)
         # Batches run one at a time (a GPU), or up to `parallel` at once (a remote server).
         self._slots = threading.BoundedSemaphore(parallel)
@@ -75,14 +82,20 @@ class MicroBatcher(Generic[T, R]):
             return time.monotonic() - min(self._running.values()) if self._running else None
 
     def _gather(self) -> list[tuple[T, Future[R], float]]:
-        batch = [self._queue.get()]
+        batch = [self._held.popleft() if self._held else self._queue.get()]
+        group = self._group(batch[0][0])
+        for entry in list(self._held):  # held items of this group first: they are the oldest
+            if len(batch) < self.max_batch and self._group(entry[0]) == group:
+                self._held.remove(entry)
+                batch.append(entry)
         deadline = batch[0][2] + self.max_wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            (batch if self._group(entry[0]) == group else self._held).append(entry)
         return batch
 
     @property

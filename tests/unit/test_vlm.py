@@ -168,6 +168,21 @@ def test_batcher_groups_concurrent_items_up_to_the_batch_size() -> None:
     assert b.log[0].keys == ("0", "1", "2", "3")
 
 
+def test_batcher_keeps_a_batch_to_one_group_and_holds_the_others_in_order() -> None:
+    calls: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str | BaseException]:
+        calls.append(items)
+        return [i.upper() for i in items]
+
+    # Full batches end the gathering, so no timing is involved: the long wait is never reached.
+    b: MicroBatcher[str, str] = MicroBatcher(run, max_batch=3, max_wait_s=30, group=lambda i: i[0])
+    items = ["a0", "b0", "a1", "b1", "a2", "b2", "b3", "a3", "b4", "a4", "a5", "b5"]
+    futures = [b.submit(i) for i in items]
+    assert [f.result(10) for f in futures] == [i.upper() for i in items]
+    assert calls == [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["b3", "b4", "b5"], ["a3", "a4", "a5"]]
+
+
 def test_batcher_gives_each_item_its_own_outcome() -> None:
     def run(items: list[int]) -> list[int | BaseException]:
         return [ValueError(f"bad {i}") if i == 2 else i for i in items]
