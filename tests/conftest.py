@@ -68,11 +68,11 @@ def images() -> dict[str, bytes]:
 # ---------------------------------------------------------------- services
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """A new empty PostgreSQL database (its URL), dropped afterwards."""
     import psycopg2
 
-    name = f"moderation_test_{os.getpid()}"
     try:
         admin = psycopg2.connect(PG_ADMIN, connect_timeout=5)
     except Exception as exc:
@@ -82,14 +82,21 @@ def pg_url() -> Iterator[str]:
         cur.execute(f"DROP DATABASE IF EXISTS {name}")
         cur.execute(f"CREATE DATABASE {name}")
     admin.close()
-    base = PG_ADMIN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    admin = psycopg2.connect(PG_ADMIN, connect_timeout=30)  # a fresh one: a test may restart the server
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f"DROP DATABASE IF EXISTS {name}")
-    admin.close()
+    try:
+        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin = psycopg2.connect(PG_ADMIN, connect_timeout=30)  # a fresh one: a test may restart the server
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with scratch_database(f"moderation_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -15,31 +15,15 @@ from sqlalchemy import create_engine, inspect
 from moderation.migrate import alembic_config
 from moderation.models import metadata
 from moderation.settings import Settings
-from tests.conftest import PG_ADMIN, unavailable
+from tests.conftest import scratch_database
 
 pytestmark = pytest.mark.services
 
 
 @pytest.fixture
 def empty_db() -> Iterator[str]:
-    import psycopg2
-
-    name = f"moderation_migrations_{os.getpid()}"
-    try:
-        admin = psycopg2.connect(PG_ADMIN, connect_timeout=5)
-    except Exception as exc:
-        unavailable("PostgreSQL", exc)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
+    with scratch_database(f"moderation_migrations_{os.getpid()}") as url:
+        yield url
 
 
 def diff(url: str) -> list[Any]:
