@@ -47,6 +47,7 @@ from moderation.models import (
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
+Render = Callable[[str, str], dict[str, Any]]  # (tenant, submission id) -> the callback body
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # A retry due sooner than this goes back to Celery with a countdown (well under any broker
@@ -242,9 +243,7 @@ def _adopt(engine: Engine, submission_id: str, now: datetime) -> bool:
         return bool(conn.execute(dialect.insert(callback_deliveries).values(row).on_conflict_do_nothing()).rowcount)
 
 
-def deliver(
-    engine: Engine, settings: Settings, submission_id: str, render: Callable[[str, str], dict[str, Any]]
-) -> str:
+def deliver(engine: Engine, settings: Settings, submission_id: str, render: Render) -> str:
     """Deliver the submission's due pending callbacks; `render(tenant, id)` is the body.
 
     Returns what happened ("delivered:200", "not_due", "failed", "scheduled", "noop"). Raises
@@ -298,9 +297,6 @@ def deliver(
     if retry is not None:
         raise retry
     return ",".join(outcomes)
-
-
-Render = Callable[[str, str], dict[str, Any]]
 
 
 def _post(engine: Engine, settings: Settings, row: Any, attempt: int, render: Render) -> str:

@@ -205,12 +205,9 @@ def _check_fields(ctx: Context, req: SubmissionRequest) -> str:
     if req.callback_url:
         try:
             refused = callbacks.literal_host_refused(req.callback_url)
-        except ValueError:
-            refused = False
-            valid = False
-        else:
-            valid = bool(_URL.fullmatch(req.callback_url))
-        if not valid:
+        except ValueError:  # no host, a bad port, a name the HTTP client or IDNA cannot use
+            refused = None
+        if refused is None or not _URL.fullmatch(req.callback_url):
             raise bad("callback_url must be an http(s) URL.", field="callback_url")
         if refused and not ctx.settings.callback_allow_private:
             raise bad(
