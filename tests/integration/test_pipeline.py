@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from moderation.models import audit_events, decisions, review_tasks, submissions
+from moderation.policy import qa_draw
 from tests.conftest import auth, picture, wait_until
 
 pytestmark = pytest.mark.services
@@ -49,8 +50,11 @@ def test_image_ends_decided_with_decision_and_audit_trail(client, keys, worker, 
     events = client.get("/v1/audit/events", params={"submission_id": body["id"]}, headers=auth(keys["auditor"]))
     assert events.status_code == 200
     actions = [e["action"] for e in events.json()["events"]]
-    assert actions == ["received", "analyzed", "analyzed", "decided"]  # banks, then the lite analyzer
-    received, banks_event, lite_event, decided = events.json()["events"]
+    # banks, then the lite analyzer; the default policy's QA sample (1 %, drawn from the id) adds a
+    # review task beside the automated decision
+    sampled = qa_draw(body["id"]) < ctx.policies["default"].qa_sample_rate
+    assert actions == ["received", "analyzed", "analyzed", "decided"] + (["routed_to_review"] if sampled else [])
+    received, banks_event, lite_event, decided = events.json()["events"][:4]
     assert banks_event["facts"]["stage"] == "banks" and lite_event["facts"]["stage"] == "lite"
     assert received["facts"]["request"]["api_key_id"] == keys["submitter"].split("_")[1]
     assert keys["submitter"] not in str(events.json())  # the key itself is never logged
