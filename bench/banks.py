@@ -41,15 +41,15 @@ def main() -> None:
     admin = fresh_database(args.database)
     os.environ["DATABASE_URL"] = args.database
     from moderation.banks import BankIndex, create_bank
-    from moderation.db import make_engine
-    from moderation.migrate import upgrade
+    from moderation.db.engine import make_engine
+    from moderation.db.migrate import upgrade
     from moderation.settings import Settings
 
     settings = Settings()
     upgrade(settings)
     engine = make_engine(settings)
     with engine.begin() as conn:
-        from moderation.auth import ensure_tenant
+        from moderation.access.keys import ensure_tenant
 
         ensure_tenant(conn, "bench")
         create_bank(conn, "bench", "big", "bad", "violence_gore")

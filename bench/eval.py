@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from moderation.analyzers.base import AnalysisInput, load_analyzer
-    from moderation.images import to_rgb
+    from moderation.intake.images import to_rgb
     from moderation.policy import evaluate, load_policies, qa_draw
 
     policy = load_policies(args.policies_dir)[args.policy]

@@ -53,11 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import pct  # noqa: E402
+from devtools.synthetic_vlm import build_processor, flash_config, tiny_config  # noqa: E402
+from moderation.analyzers.vlm.engines import Generation, Request, TransformersEngine, chat_text, fit_long_side  # noqa: E402
+from moderation.analyzers.vlm.prompts import json_schema, load_prompt, render  # noqa: E402
 from moderation.policy import load_policy  # noqa: E402
 from moderation.settings import Settings  # noqa: E402
-from moderation.vlm.engines import Generation, Request, TransformersEngine, chat_text, fit_long_side  # noqa: E402
-from moderation.vlm.prompts import json_schema, load_prompt, render  # noqa: E402
-from moderation.vlm.synthetic import build_processor, flash_config, tiny_config  # noqa: E402
 
 GOAL_IMG_S = {672: 25.0, 1024: 10.0}  # images/s per image side, on one H100
 GOAL_P95_S = 2.0

@@ -71,7 +71,7 @@ def main() -> None:
 
     import pdqhash
 
-    from moderation.images import Limits, hamming_hex, inspect_image
+    from moderation.intake.images import Limits, hamming_hex, inspect_image
 
     limits = Limits(20 << 20, 50_000_000, 500, 400_000_000, 128)
     rows: dict[str, dict[str, list[int]]] = {k: {"copy": [], "other_caption": []} for k in ("pdq", "phash", "pdq_full")}

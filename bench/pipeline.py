@@ -293,7 +293,7 @@ def decided_stats(engine: Any, ids: list[str]) -> list[tuple[float, float]]:
     """(created_at, decided_at) epoch seconds of the decided ones among `ids`."""
     from sqlalchemy import select
 
-    from moderation.models import decisions, submissions
+    from moderation.db.tables import decisions, submissions
 
     out: list[tuple[float, float]] = []
     with engine.connect() as conn:
@@ -377,9 +377,9 @@ def main() -> None:
         "MODERATION_POLICIES_DIR": str(policies_dir(var)),
     }
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "MODERATION_VAR_DIR")})
-    from moderation.auth import create_key
-    from moderation.db import make_engine
-    from moderation.migrate import upgrade
+    from moderation.access.keys import create_key
+    from moderation.db.engine import make_engine
+    from moderation.db.migrate import upgrade
     from moderation.settings import Settings
 
     settings = Settings()

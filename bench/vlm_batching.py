@@ -48,11 +48,11 @@ def main() -> None:
     import json
     import logging
 
+    from devtools.synthetic_vlm import save_tiny_model
     from moderation.analyzers.base import AnalysisInput
     from moderation.analyzers.vlm import VlmAnalyzer
     from moderation.policy import TAXONOMY
     from moderation.settings import Settings
-    from moderation.vlm.synthetic import save_tiny_model
 
     logging.disable(logging.WARNING)
     answer = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from moderation.models import metadata
+from moderation.db.tables import metadata
 from moderation.settings import Settings
 
 config = context.config

@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 
 from moderation.errors import ModerationError
-from moderation.queue import PRIORITY, Q_EXTERNAL, T_SUBMIT
-
-FINAL = ("decided", "in_review", "reviewed", "rejected")
+from moderation.queue import Q_EXTERNAL, T_SUBMIT
+from moderation.vocab import FINAL, Priority
 
 
 class ClientError(Exception):
@@ -138,5 +137,5 @@ class QueueProducer:
             message["image_b64"] = base64.b64encode(data).decode()
         else:
             message["blob_sha256"] = blob_sha256
-        if not self.publisher.send(T_SUBMIT, [message], Q_EXTERNAL, priority if priority in PRIORITY else "normal"):
+        if not self.publisher.send(T_SUBMIT, [message], Q_EXTERNAL, Priority.of(priority)):
             raise ModerationError("SERVICE_UNAVAILABLE", "The broker did not take the message.")

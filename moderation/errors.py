@@ -1,8 +1,10 @@
-"""The one error type and its catalogue of stable codes.
+"""The one error type and its catalogue of stable codes, and the analyzer faults.
 
 Every failure a client can see is a `ModerationError`; the API turns it into
 `{"error": {"code": ..., "message": ...}}` in one place. Codes are part of the public
-contract: add new ones, never rename.
+contract: add new ones, never rename. `TransientAnalyzerError` and `FatalAnalyzerError` are
+the two faults an analyzer (or its model engine) may raise past its own error finding; they
+live here, at the ground floor, so engines, analyzers, the flow and the workers share them.
 """
 
 from __future__ import annotations
@@ -58,3 +60,20 @@ class ModerationError(Exception):
         if self.data:
             body["details"] = self.data
         return {"error": body}
+
+
+class TransientAnalyzerError(Exception):
+    """A fault worth retrying later (model server down, a batch timed out).
+
+    `charge_attempt` False (a fault outside the input: the server is unreachable) gives the
+    submission its attempt back; True (the server fails on this item each time) keeps it
+    counted, so an input that always breaks the server ends in review instead of looping."""
+
+    def __init__(self, message: str, charge_attempt: bool = False) -> None:
+        super().__init__(message)
+        self.charge_attempt = charge_attempt
+
+
+class FatalAnalyzerError(Exception):
+    """The analyzer can never work again in this process (a poisoned CUDA context, a hung model
+    call): the worker process must exit, and its unacknowledged tasks go to another worker."""

@@ -27,6 +27,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from moderation.settings import Settings
+from moderation.vocab import Priority
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ T_RECONCILE = "moderation.reconcile"
 T_CALLBACK = "moderation.callback"
 
 # Redis transport: lower number = served first.
-PRIORITY = {"high": 0, "normal": 3, "low": 6}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif url.startswith(("redis://", "rediss://")):
         transport = {
             "visibility_timeout": settings.visibility_timeout_s,
-            "priority_steps": sorted(PRIORITY.values()),
+            "priority_steps": sorted(p.broker for p in Priority),
             "queue_order_strategy": "priority",
         }
     return {
@@ -118,7 +118,7 @@ class Publisher:
 
     def send(self, task: str, args: list[Any], queue: str, priority: str = "normal") -> bool:
         try:
-            self.app.send_task(task, args=args, queue=queue, priority=PRIORITY.get(priority, 3))
+            self.app.send_task(task, args=args, queue=queue, priority=Priority.of(priority).broker)
         except Exception as exc:  # any broker fault (kombu passes some Redis errors through unwrapped)
             log.warning("publish of %s%s to %s failed (reconciler will retry): %s", task, args, queue, exc)
             return False
@@ -127,6 +127,11 @@ class Publisher:
     def ingest(self, submission_ids: list[str], priority: str = "normal") -> bool:
         """One `ingest` message for a list of submissions (processed in one transaction)."""
         return self.send(T_INGEST, [submission_ids], Q_INGEST, priority)
+
+    def ping(self) -> None:
+        """Reach the broker once (raises when it cannot be reached): the readiness probe."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
 
     def queue_depth(self, queue: str) -> int | None:
         """Messages waiting in `queue` (None when the broker cannot say)."""
@@ -160,7 +165,7 @@ class IngestBatcher:
         self.min_rate = min_rate
         self._arrivals: deque[float] = deque()
         self._cond = threading.Condition()
-        self._pending: dict[str, list[str]] = {p: [] for p in PRIORITY}
+        self._pending: dict[str, list[str]] = {p: [] for p in Priority}
         self._since: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -170,7 +175,7 @@ class IngestBatcher:
         if self.linger_s == 0 or self.max_items == 1:
             self.publisher.ingest([submission_id], priority)
             return
-        priority = priority if priority in PRIORITY else "normal"
+        priority = Priority.of(priority)
         now = time.monotonic()
         with self._cond:
             if self._thread is None or not self._thread.is_alive():

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg2://" + url[len("postgresql://") :]
             return url
-        return f"sqlite:///{self.var_dir / 'moderation.db'}"
+        return f"sqlite:///{self.var_dir / 'moderation.db.engine'}"
 
     @property
     def celery_broker_url(self) -> str:

@@ -159,10 +159,10 @@ SCRIPTED_ANSWER = {
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny GLM-4.6V-architecture checkpoints saved with save_pretrained (no download):
     `random` answers garbage (the malformed-output path), `scripted` answers SCRIPTED_ANSWER
-    (a weight double; see moderation.vlm.synthetic)."""
+    (a weight double; see devtools.synthetic_vlm)."""
     import json
 
-    from moderation.vlm.synthetic import save_tiny_model
+    from devtools.synthetic_vlm import save_tiny_model
 
     d = tmp_path_factory.mktemp("vlm")
     return {
@@ -197,7 +197,7 @@ def service_env(
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from moderation.migrate import upgrade
+    from moderation.db.migrate import upgrade
     from moderation.settings import Settings
 
     upgrade(Settings())
@@ -211,7 +211,7 @@ def service_env(
 
 @pytest.fixture(scope="session")
 def ctx(service_env: dict[str, str]) -> Any:
-    from moderation.pipeline import Context
+    from moderation.pipeline.context import Context
     from moderation.settings import Settings
 
     return Context.build(Settings())
@@ -219,7 +219,7 @@ def ctx(service_env: dict[str, str]) -> Any:
 
 @pytest.fixture(scope="session")
 def keys(ctx: Any) -> dict[str, str]:
-    from moderation.auth import create_key
+    from moderation.access.keys import create_key
 
     with ctx.engine.begin() as conn:
         return {

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_process_init
 
-from moderation.pipeline import Context
+from moderation.pipeline.context import Context
 from moderation.queue import celery_config
 from moderation.settings import Settings
 

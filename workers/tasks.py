@@ -1,4 +1,4 @@
-"""Celery tasks: each a few lines over one function in `moderation.pipeline`.
+"""Celery tasks: each a few lines over one function of `moderation.pipeline` (or `callbacks`).
 
 Transient faults (database or broker unreachable, a model server down) retry with
 exponential backoff; bad input never raises here (it is decided, fail-closed, in the pipeline).
@@ -17,8 +17,13 @@ from celery import Task
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from moderation import callbacks, pipeline
-from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
+from moderation import callbacks
+from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
+from moderation.pipeline.advance import advance
+from moderation.pipeline.analyze import analyze as analyze_stage
+from moderation.pipeline.context import Context
+from moderation.pipeline.queue_message import submit_message
+from moderation.pipeline.reconcile import reconcile as reconcile_all
 from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
 from workers.app import app, context, settings
 
@@ -27,6 +32,10 @@ log = logging.getLogger("workers.tasks")
 # (the attempt budget and the reconciler then bound it, ending in review).
 TRANSIENT = (OperationalError, InterfaceError, KombuError, OSError, TransientAnalyzerError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 8}
+
+
+def _deliver(ctx: Context, submission_id: str) -> str:
+    return callbacks.deliver(ctx.engine, ctx.settings, submission_id)
 
 
 def _timed(name: str, fn: Any, *args: Any) -> Any:
@@ -38,7 +47,7 @@ def _timed(name: str, fn: Any, *args: Any) -> Any:
 
 @app.task(name=T_INGEST, bind=True, **RETRY)
 def ingest(self: Task, submission_ids: list[str] | str) -> str:
-    return str(_timed("ingest", pipeline.advance, context(), submission_ids))
+    return str(_timed("ingest", advance, context(), submission_ids))
 
 
 @app.task(name=T_ANALYZE, bind=True, **RETRY)
@@ -47,7 +56,7 @@ def analyze(self: Task, submission_id: str, stage: str) -> str:
         # A redelivered or retried message may carry the item that broke a batch or a worker:
         # it runs on its own, so it cannot take other items down with it again.
         isolate = bool(self.request.retries) or bool((self.request.delivery_info or {}).get("redelivered"))
-        return str(_timed("analyze", pipeline.analyze, context(), submission_id, stage, isolate))
+        return str(_timed("analyze", analyze_stage, context(), submission_id, stage, isolate))
     except FatalAnalyzerError:
         # The model can never work again in this process (poisoned CUDA context, hung call).
         # Exit without acknowledging: the broker redelivers this task (acks_late,
@@ -59,17 +68,17 @@ def analyze(self: Task, submission_id: str, stage: str) -> str:
 
 @app.task(name=T_DECIDE, bind=True, **RETRY)
 def decide(self: Task, submission_id: str) -> str:
-    return str(_timed("decide", pipeline.advance, context(), submission_id, False))
+    return str(_timed("decide", advance, context(), submission_id, False))
 
 
 @app.task(name=T_SUBMIT, bind=True, **RETRY)
 def submit(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.submit_message(context(), message)
+    return submit_message(context(), message)
 
 
 @app.task(name=T_RECONCILE, bind=True, **RETRY)
 def reconcile(self: Task) -> dict[str, int]:
-    return pipeline.reconcile(context())
+    return reconcile_all(context())
 
 
 @app.task(name=T_CALLBACK, bind=True, soft_time_limit=callbacks.attempt_limit_s(settings), **RETRY)
@@ -77,6 +86,6 @@ def callback(self: Task, submission_id: str) -> str:
     # The outbox row counts attempts and gives up; this only schedules the next one when it is
     # due soon (later ones, and lost messages, are published by the reconciler).
     try:
-        return str(_timed("callback", pipeline.deliver_callback, context(), submission_id))
+        return str(_timed("callback", _deliver, context(), submission_id))
     except callbacks.CallbackFailed as exc:
         raise self.retry(exc=exc, countdown=exc.retry_in, max_retries=None) from exc

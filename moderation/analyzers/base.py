@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-FLAGS = ("text_in_image", "meme", "irony", "prompt_injection")
+from moderation.errors import TransientAnalyzerError
 
 
 @dataclass
@@ -106,6 +107,13 @@ class Analyzer(ABC):
         the class version by default; analyzers whose model comes from settings add it."""
         return cls.version
 
+    @classmethod
+    def check_policy(cls, options: dict[str, Any], categories: tuple[str, ...], policies_dir: Path) -> None:
+        """Check, when policies load, that this analyzer can serve a stage with `options` for a
+        policy of `categories` (files in `policies_dir` it names exist and cover them).
+        Raises ValueError or OSError naming the problem; nothing to check by default."""
+        return None
+
     def warmup(self) -> None:  # noqa: B027 (an optional hook, empty by default)
         """Load models and run them once, before the worker takes its first task."""
 
@@ -124,23 +132,6 @@ class Analyzer(ABC):
             except Exception as exc:  # one item's failure becomes that item's error finding
                 out.append(Finding(self.name, self.version, stage="", error=f"{type(exc).__name__}: {exc}"))
         return out
-
-
-class TransientAnalyzerError(Exception):
-    """A fault worth retrying later (model server down, a batch timed out).
-
-    `charge_attempt` False (a fault outside the input: the server is unreachable) gives the
-    submission its attempt back; True (the server fails on this item each time) keeps it
-    counted, so an input that always breaks the server ends in review instead of looping."""
-
-    def __init__(self, message: str, charge_attempt: bool = False) -> None:
-        super().__init__(message)
-        self.charge_attempt = charge_attempt
-
-
-class FatalAnalyzerError(Exception):
-    """The analyzer can never work again in this process (a poisoned CUDA context, a hung model
-    call): the worker process must exit, and its unacknowledged tasks go to another worker."""
 
 
 def analyzer_class(path: str) -> type[Analyzer]:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from moderation.models import submissions
+from moderation.db.tables import submissions
 from tests.conftest import auth, picture
 
 pytestmark = pytest.mark.services

@@ -87,7 +87,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
     admin = auth(keys["admin"])
     client.post("/v1/banks", headers=admin, json={"name": "imported", "kind": "bad", "category": "extremism"})
     src = picture(1301, size=(700, 700))
-    from moderation.images import inspect_image
+    from moderation.intake.images import inspect_image
 
     info, _ = inspect_image(src, ctx.limits)
     csv_text = f"pdq,label\n{info.pdq},propaganda poster 12\n{'0' * 64},flat\n"
@@ -106,7 +106,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "moderation.cli", "bank", *args],
+            [sys.executable, "-m", "moderation.cli.main", "bank", *args],
             capture_output=True,
             text=True,
             env=env,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from moderation.models import callback_deliveries, dead_letters, submissions
+from moderation.db.tables import callback_deliveries, dead_letters, submissions
 from moderation.queue import CPU_QUEUES, Q_CALLBACKS
 from tests.conftest import auth, picture, wait_until
 
@@ -166,10 +166,10 @@ def test_private_destinations_are_refused(client, keys, ctx, procs, monkeypatch)
 
 def decided_without_workers(client: Any, ctx: Any, key: str, seed: int, url: str) -> str:
     """A decided submission with a pending outbox row, decided in this process (no worker runs)."""
-    from moderation import pipeline
+    from moderation.pipeline.advance import advance
 
     sid = submit(client, key, seed, url)
-    pipeline.advance(ctx, [sid])
+    advance(ctx, [sid])
     assert delivery_status(ctx, sid) == "decided"
     return sid
 
@@ -188,7 +188,7 @@ def test_attempts_that_never_finished_are_bounded(client, keys, ctx) -> None:
                 .where(callback_deliveries.c.id == row.id)
                 .values(attempts=ctx.settings.callback_max_attempts)
             )
-        outcome = callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s})
+        outcome = callbacks.deliver(ctx.engine, ctx.settings, sid)
     finally:
         receiver.close()
     assert outcome == "failed" and receiver.calls == []
@@ -205,7 +205,7 @@ def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, keys, ctx) -> None
     receiver = Receiver(refuse=0)
     try:
         sid = decided_without_workers(client, ctx, keys["submitter"], 813, receiver.url)
-        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid) == "delivered:200"
     finally:
         receiver.close()
     row = delivery(ctx, sid)
@@ -215,22 +215,6 @@ def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, keys, ctx) -> None
     assert delivery(ctx, sid).status == "delivered"
     with ctx.engine.connect() as conn:
         assert not conn.execute(select(dead_letters.c.id).where(dead_letters.c.submission_id == sid)).all()
-
-
-def test_a_callback_message_from_before_the_outbox_is_adopted(client, keys, ctx) -> None:
-    from moderation import callbacks
-
-    receiver = Receiver(refuse=0)
-    try:
-        sid = decided_without_workers(client, ctx, keys["submitter"], 814, receiver.url)
-        with ctx.engine.begin() as conn:  # as if decided by the previous release: no outbox row
-            conn.execute(callback_deliveries.delete().where(callback_deliveries.c.submission_id == sid))
-        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
-        # Its message arriving twice delivers once.
-        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "noop"
-    finally:
-        receiver.close()
-    assert len(receiver.calls) == 1 and delivery(ctx, sid).status == "delivered"
 
 
 def verifies(secret: str, headers: dict[str, str], body: bytes) -> list[bool]:
@@ -243,8 +227,8 @@ def verifies(secret: str, headers: dict[str, str], body: bytes) -> list[bool]:
 
 def test_tenant_secret_rotation_keeps_the_old_signature_for_the_grace_period(client, ctx, monkeypatch) -> None:
     from moderation import callbacks
-    from moderation.auth import create_key
-    from moderation.models import audit_events
+    from moderation.access.keys import create_key
+    from moderation.db.tables import audit_events
 
     with ctx.engine.begin() as conn:
         admin = create_key(conn, "hooks-co", ["admin"])
@@ -258,11 +242,11 @@ def test_tenant_secret_rotation_keeps_the_old_signature_for_the_grace_period(cli
     receiver = Receiver(refuse=0)
     try:
         sid = decided_without_workers(client, ctx, submitter, 815, receiver.url)
-        assert callbacks.deliver(ctx.engine, ctx.settings, sid, lambda t, s: {"id": s}) == "delivered:200"
+        assert callbacks.deliver(ctx.engine, ctx.settings, sid) == "delivered:200"
         # Past the grace period only the tenant's own secret signs.
         monkeypatch.setattr(ctx.settings, "callback_secret_grace_s", 0)
         later = decided_without_workers(client, ctx, submitter, 816, receiver.url)
-        assert callbacks.deliver(ctx.engine, ctx.settings, later, lambda t, s: {"id": s}) == "delivered:200"
+        assert callbacks.deliver(ctx.engine, ctx.settings, later) == "delivered:200"
     finally:
         receiver.close()
     (_, during, body), (_, after, body2) = receiver.calls

@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from moderation.migrate import alembic_config
-from moderation.models import metadata
+from moderation.db.migrate import alembic_config
+from moderation.db.tables import metadata
 from moderation.settings import Settings
 from tests.conftest import scratch_database
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from moderation.models import audit_events, decisions, review_tasks, submissions
+from moderation.db.tables import audit_events, decisions, review_tasks, submissions
 from moderation.policy import qa_draw
 from tests.conftest import auth, picture, wait_until
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from moderation.client import QueueProducer
-from moderation.models import audit_events, dead_letters, submissions
+from moderation.db.tables import audit_events, dead_letters, submissions
 from tests.conftest import REDIS_URL, picture, wait_until
 
 pytestmark = pytest.mark.services

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from moderation.models import audit_events, dead_letters, decisions, findings, submissions
+from moderation.db.tables import audit_events, dead_letters, decisions, findings, submissions
 from tests.conftest import auth, picture, wait_until
 
 pytestmark = pytest.mark.services

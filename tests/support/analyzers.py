@@ -11,7 +11,8 @@ import os
 import signal
 import time
 
-from moderation.analyzers.base import AnalysisInput, Analyzer, FatalAnalyzerError, Finding
+from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.errors import FatalAnalyzerError
 
 
 class CaptionAnalyzer(Analyzer):

@@ -20,9 +20,9 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from PIL import Image
 
-from moderation.vlm.batching import MicroBatcher
-from moderation.vlm.engines import Generation, Request, TransformersEngine
-from moderation.vlm.prompts import RenderedPrompt
+from moderation.analyzers.vlm.batching import MicroBatcher
+from moderation.analyzers.vlm.engines import Generation, Request, TransformersEngine
+from moderation.analyzers.vlm.prompts import RenderedPrompt
 
 
 def _request(body: dict[str, Any]) -> tuple[Request, int]:

@@ -18,7 +18,7 @@ import typer.main
 import yaml
 
 from moderation import queue
-from moderation.cli import app as cli_app
+from moderation.cli.main import app as cli_app
 from moderation.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def test_moderation_commands_exist(services):
     assert {"migrate", "api", "worker", "beat"} <= subcommands
     for sub in sorted(subcommands):
         proc = subprocess.run(
-            [sys.executable, "-m", "moderation.cli", sub, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "moderation.cli.main", sub, "--help"], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, f"`moderation {sub} --help` failed:\n{proc.stdout}\n{proc.stderr}"
 

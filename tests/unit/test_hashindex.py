@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moderation.hashindex import PdqIndex, brute_force, pdq_to_words
+from moderation.banks.hashindex import PdqIndex, brute_force, pdq_to_words
 
 
 def flip(rng: np.random.Generator, q: np.ndarray, k: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Unit tests for moderation.images: intake validation, normalisation to RGB and content hashes.
+"""Unit tests for moderation.intake.images: intake validation, normalisation to RGB and content hashes.
 
 Every fixture image is generated in memory with Pillow (or hand-crafted bytes); nothing is mocked.
 """
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from moderation.errors import CATALOGUE, ModerationError
-from moderation.images import (
+from moderation.intake.images import (
     ALLOWED_FORMATS,
     ImageInfo,
     Limits,

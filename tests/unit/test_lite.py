@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.meme_hashes import meme, template
 from moderation.analyzers.base import AnalysisInput
 from moderation.analyzers.lite import Lexicon, LiteAnalyzer, normalise
-from moderation.images import sample_frames
+from moderation.intake.images import sample_frames
 from moderation.policy import TAXONOMY
 
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")

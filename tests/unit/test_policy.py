@@ -17,7 +17,6 @@ import yaml
 from moderation.analyzers.base import Finding
 from moderation.policy import (
     DSA_CATEGORIES,
-    SEVERITY,
     TAXONOMY,
     Policy,
     PolicyError,
@@ -26,6 +25,7 @@ from moderation.policy import (
     load_policy,
     qa_draw,
 )
+from moderation.vocab import Action
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 
@@ -235,7 +235,7 @@ def test_analyzer_error_never_weakens_what_other_analyzers_found(scores, action,
     without_error = evaluate(POLICY, [model(scores)])
     assert (without_error.action, without_error.review_queue) == (action, queue)
     with_error = evaluate(POLICY, [model(scores), Finding("vlm", "2", "vlm", error="timeout")])
-    assert SEVERITY[with_error.action] >= SEVERITY[action]
+    assert Action(with_error.action).severity >= Action(action).severity
     if queue:
         assert with_error.review_queue == queue
 

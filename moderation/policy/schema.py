@@ -1,4 +1,4 @@
-"""Policies are data (`policies/*.yaml`), validated at start-up; `evaluate` is a pure function.
+"""Policies are data (`policies/*.yaml`), validated at start-up (this module); `evaluate` applies them.
 
 A policy names the categories in scope with their thresholds and DSA mapping, the analyzer
 cascade, the minimum confidence, QA sampling, and what to do when analysis fails (fail
@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moderation.analyzers.base import Finding
+from moderation.analyzers.base import analyzer_class
 
 TAXONOMY = (
     "sexual",
@@ -55,8 +53,6 @@ DSA_CATEGORIES = (
     "VIOLENCE",
 )
 
-Action = Literal["allow", "restrict", "block", "review", "escalate"]
-SEVERITY: dict[str, int] = {"allow": 0, "restrict": 1, "review": 2, "block": 3, "escalate": 4}
 Visibility = Literal["REMOVED", "DISABLED", "DEMOTED", "AGE_RESTRICTED", "LABELLED"]
 BUILTIN_STAGES = ("banks", "cache")
 
@@ -224,195 +220,21 @@ def load_policy(path: Path, features: frozenset[str] = frozenset(), _seen: tuple
 
 
 def load_policies(directory: Path, features: frozenset[str] = frozenset()) -> dict[str, Policy]:
-    """Every policy in `directory`, validated, with the prompts their stages name
-    (`options.prompt` => `prompts/<name>.yaml`, which must define every category of the policy)."""
-    from moderation.vlm.prompts import load_prompt
-
+    """Every policy in `directory`, validated, each analyzer stage checked by its analyzer's own
+    `check_policy` hook (the VLM checks that its prompt defines every category of the policy)."""
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise PolicyError(f"{directory}: no policies (*.yaml)")
     policies = {p.id: p for p in (load_policy(f, features) for f in files)}
     for p in policies.values():
-        for stage in p.cascade:
-            name = stage.options.get("prompt")
-            if name is None and stage.analyzer == "moderation.analyzers.vlm:VlmAnalyzer":
-                name = "risk-v1"  # the analyzer's default prompt
-            if name is None:
-                continue
+        for stage in p.analyzer_stages:
+            assert stage.analyzer is not None
             try:
-                spec = load_prompt(directory, str(name))
+                cls = analyzer_class(stage.analyzer)
+            except (ImportError, AttributeError, TypeError, ValueError):
+                continue  # not importable here (an extra this process lacks): it fails closed where it runs
+            try:
+                cls.check_policy(stage.options, tuple(p.categories), directory)
             except (OSError, ValueError, yaml.YAMLError) as exc:
-                raise PolicyError(f"policy {p.id}, stage {stage.stage}: prompt {name!r}: {exc}") from exc
-            missing = sorted(set(p.categories) - set(spec.categories))
-            if missing:
-                raise PolicyError(f"policy {p.id}, stage {stage.stage}: prompt {name!r} does not define {missing}")
+                raise PolicyError(f"policy {p.id}, stage {stage.stage}: {exc}") from exc
     return policies
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    categories: dict[str, float]
-    reasons: list[dict[str, Any]]
-    policy_id: str
-    policy_version: str
-    automated: bool = True
-    review_queue: str | None = None  # set: a review task is opened (action review/escalate, or QA sample)
-    review_reason: str | None = None
-    top_category: str | None = None
-    visibility: str | None = None
-    dsa: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "categories": self.categories,
-            "reasons": self.reasons,
-            "policy": {"id": self.policy_id, "version": self.policy_version},
-            "automated": self.automated,
-        }
-
-
-def qa_draw(submission_id: str) -> float:
-    """A uniform draw in [0, 1) fixed by the submission id: QA sampling is reproducible."""
-    return int(hashlib.sha256(submission_id.encode()).hexdigest()[:13], 16) / float(16**13)
-
-
-def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> Decision:
-    """Apply `policy` to `findings`. Pure: same inputs, same decision.
-
-    Order: a known-bad bank match blocks; an analyzer error fails closed; a known-good match
-    allows; otherwise per-category thresholds, then the guards that can only make the
-    action stricter (low confidence, prompt injection, uncovered categories) and QA sampling.
-    """
-    found = list(findings)
-    reasons: list[dict[str, Any]] = []
-    scores: dict[str, float] = {}
-    for f in found:
-        for cat, score in f.scores.items():
-            if cat in policy.categories:
-                scores[cat] = max(scores.get(cat, 0.0), float(score))
-
-    def decide(action: Action, top: str | None = None, queue: str | None = None, why: str | None = None) -> Decision:
-        rule = policy.categories.get(top) if top else None
-        review_queue = queue
-        if action in ("review", "escalate") and review_queue is None:
-            review_queue = "restricted" if action == "escalate" else (rule.review_queue if rule else "default")
-        review_reason = why if review_queue else None
-        if action in ("allow", "block", "restrict") and review_queue is None and qa < policy.qa_sample_rate:
-            review_queue, review_reason = "qa", "qa_sample"
-            reasons.append({"code": "qa_sample", "rate": policy.qa_sample_rate})
-        visibility = {"block": policy.visibility.block, "restrict": policy.visibility.restrict}.get(action)
-        dsa: dict[str, Any] = {}
-        if rule is not None:
-            dsa = {
-                "category": rule.dsa.category,
-                "decision_ground": rule.dsa.ground,
-                "legal_ground": rule.dsa.legal_ground,
-                "clause": rule.dsa.clause,
-            }
-        return Decision(
-            action=action,
-            categories=dict(sorted(scores.items())),
-            reasons=reasons,
-            policy_id=policy.id,
-            policy_version=policy.version,
-            review_queue=review_queue,
-            review_reason=review_reason,
-            top_category=top,
-            visibility=visibility,
-            dsa=dsa,
-        )
-
-    # 1. Known-bad bank match: decided without any model.
-    matches = [f.bank_match for f in found if f.bank_match]
-    bad = [m for m in matches if m.get("kind") == "bad" and not m.get("near")]
-    near_bad = [m for m in matches if m.get("kind") == "bad" and m.get("near")]
-    good = [m for m in matches if m.get("kind") == "good" and not m.get("near")]
-    if bad:
-        match = min(bad, key=lambda m: int(m.get("distance", 0)))
-        bank_cat: str | None = match.get("category")
-        rule = policy.categories.get(bank_cat) if bank_cat else None
-        if bank_cat:
-            scores[bank_cat] = 1.0
-        reasons.append({"code": "bank_match", **match, "clause": rule.dsa.clause if rule else None})
-        return decide(
-            "escalate" if rule and rule.escalate else "block", top=bank_cat if rule else None, why="bank_match"
-        )
-
-    # 2. Analyzer failure or unparseable output: fail closed (below, after the thresholds, so
-    # that what the other analyzers found still counts: an error never weakens the outcome).
-    errors = [f for f in found if f.error]
-
-    # 3. Known-good match: allowed without models.
-    if not errors and good and not near_bad:
-        reasons.append({"code": "bank_match", **good[0]})
-        return decide("allow")
-
-    # 4. Thresholds.
-    action: Action = "allow"
-    top: str | None = None
-    for cat, score in sorted(scores.items(), key=lambda kv: -kv[1]):
-        rule = policy.categories[cat]
-        hit: Action | None = None
-        threshold = None
-        if score >= rule.block_at:
-            hit, threshold = ("escalate" if rule.escalate else "block"), rule.block_at
-        elif rule.restrict_at is not None and score >= rule.restrict_at:
-            hit, threshold = ("escalate" if rule.escalate else "restrict"), rule.restrict_at
-        elif score >= rule.review_at:
-            hit, threshold = ("escalate" if rule.escalate else "review"), rule.review_at
-        if hit is None:
-            continue
-        reasons.append(
-            {
-                "code": "threshold",
-                "category": cat,
-                "score": score,
-                "threshold": threshold,
-                "action": hit,
-                "clause": rule.dsa.clause,
-            }
-        )
-        if SEVERITY[hit] > SEVERITY[action]:
-            action, top = hit, cat
-    why = "threshold" if action in ("review", "escalate") else None
-    if errors:
-        for f in errors:
-            reasons.append({"code": "analyzer_error", "analyzer": f.analyzer, "error": f.error})
-        if SEVERITY[policy.on_error] > SEVERITY[action]:
-            action, why = policy.on_error, "analyzer_error"
-        return decide(action, top=top, why=why)
-
-    # 5. Guards: each can only make the outcome stricter.
-    scored = [f for f in found if f.scores]
-    low = [f for f in scored if f.confidence < policy.min_confidence]
-    if low and action in ("allow", "restrict", "block"):
-        reasons.append(
-            {
-                "code": "low_confidence",
-                "min_confidence": policy.min_confidence,
-                "confidence": min(f.confidence for f in low),
-            }
-        )
-        action, why = "review", "low_confidence"
-    if any(f.flags.get("prompt_injection") for f in found) and action in ("allow", "restrict"):
-        reasons.append({"code": "prompt_injection"})
-        action, why = "review", "prompt_injection"
-    covered: set[str] = set()
-    for f in found:
-        covered |= f.coverage
-    if near_bad and SEVERITY[action] < SEVERITY["review"]:
-        # Close to a known-bad image but not a copy (e.g. the same picture with another caption):
-        # never allowed automatically; a human compares.
-        m = min(near_bad, key=lambda m: int(m.get("distance", 0)))
-        reasons.append({"code": "bank_near_match", **m})
-        action, why = "review", "bank_near_match"
-        top = m.get("category") if m.get("category") in policy.categories else top
-    uncovered = sorted(set(policy.categories) - covered)
-    if uncovered and policy.on_uncovered == "review" and action == "allow":
-        reasons.append({"code": "uncovered_categories", "categories": uncovered})
-        action, why = "review", "uncovered_categories"
-    if action == "allow" and not reasons:
-        reasons.append({"code": "no_violation"})
-    return decide(action, top=top, why=why)

@@ -8,7 +8,7 @@ Tests and benchmarks need the exact architecture and processor of GLM-4.6V-Flash
 - `tiny_config()` / `flash_config()` give the model config: a few layers for CPU tests, or the
   real GLM-4.6V-Flash sizes (9B language model + vision tower) for the GPU benchmark.
 - `save_tiny_model(path)` writes a checkpoint that the production loader
-  (`moderation.vlm.engines.TransformersEngine`) loads like the real one.
+  (`moderation.analyzers.vlm.engines.TransformersEngine`) loads like the real one.
 
 `scripted_answer` makes a weight double that answers one fixed text whatever it is shown: the
 answer is one token of the vocabulary and the final norm is zeroed, so every step's logits are

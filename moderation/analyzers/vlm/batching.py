@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-log = logging.getLogger("moderation.vlm.batch")
+log = logging.getLogger("moderation.analyzers.vlm.batch")
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -42,7 +42,7 @@ def _settings() -> Settings:
 @app.command()
 def migrate() -> None:
     """Apply database migrations (Alembic) up to head."""
-    from moderation.migrate import upgrade
+    from moderation.db.migrate import upgrade
 
     s = _settings()
     upgrade(s)
@@ -56,8 +56,8 @@ def keys_create(
     label: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create an API key; prints only the key (shown once, stored hashed)."""
-    from moderation.auth import create_key
-    from moderation.db import make_engine
+    from moderation.access.keys import create_key
+    from moderation.db.engine import make_engine
 
     engine = make_engine(_settings())
     try:
@@ -76,9 +76,9 @@ def keys_callback_secret(tenant: Annotated[str, typer.Option(help="Tenant id (cr
     Until the grace period (MODERATION_CALLBACK_SECRET_GRACE_S, 24 h) ends, deliveries carry a
     second signature made with the secret it replaces, so the platform can switch without a gap.
     """
-    from moderation.auth import ensure_tenant
+    from moderation.access.keys import ensure_tenant
     from moderation.callbacks import rotate_secret
-    from moderation.db import make_engine
+    from moderation.db.engine import make_engine
 
     s = _settings()
     with make_engine(s).begin() as conn:
@@ -268,9 +268,9 @@ def up(
     With no DATABASE_URL / REDIS_URL it runs embedded (SQLite and a filesystem broker under var/).
     Ctrl-C stops everything.
     """
-    from moderation.auth import create_key
-    from moderation.db import make_engine
-    from moderation.migrate import upgrade
+    from moderation.access.keys import create_key
+    from moderation.db.engine import make_engine
+    from moderation.db.migrate import upgrade
 
     s = _settings()
     s.var_dir.mkdir(parents=True, exist_ok=True)
@@ -449,8 +449,8 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; al
     from sqlalchemy import select
 
     from moderation import audit
-    from moderation.db import make_engine
-    from moderation.models import audit_heads
+    from moderation.db.engine import make_engine
+    from moderation.db.tables import audit_heads
 
     engine = make_engine(_settings())
     broken = False
@@ -467,7 +467,7 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; al
 
 
 def _bank_conn() -> Any:
-    from moderation.db import make_engine
+    from moderation.db.engine import make_engine
 
     return make_engine(_settings()).begin()
 
@@ -507,7 +507,7 @@ def bank_add(
     """Add images (files or folders) to a bank."""
     from moderation.banks import add_image
     from moderation.errors import ModerationError
-    from moderation.pipeline import Context
+    from moderation.pipeline.context import Context
 
     ctx = Context.build(_settings())
     files = [

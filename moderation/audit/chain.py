@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
-from moderation.models import as_utc, audit_events, audit_heads, utcnow
+from moderation.db.sql import insert_ignore
+from moderation.db.tables import as_utc, audit_events, audit_heads, utcnow
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -125,22 +126,7 @@ def _lock_head(conn: Connection, tenant_id: str) -> tuple[int, str]:
 
 def ensure_head(conn: Connection, tenant_id: str) -> None:
     """Create the tenant's chain head if missing (concurrent callers: one wins, none fails)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(
-            pg_insert(audit_heads)
-            .values(tenant_id=tenant_id, seq=0, last_hash=GENESIS)
-            .on_conflict_do_nothing(index_elements=["tenant_id"])
-        )
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(
-            sqlite_insert(audit_heads)
-            .values(tenant_id=tenant_id, seq=0, last_hash=GENESIS)
-            .on_conflict_do_nothing(index_elements=["tenant_id"])
-        )
+    conn.execute(insert_ignore(conn, audit_heads), {"tenant_id": tenant_id, "seq": 0, "last_hash": GENESIS})
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 from moderation.settings import Settings
 
@@ -23,6 +23,12 @@ def make_engine(settings: Settings, **kw: Any) -> Engine:
     # worker: task retry with backoff).
     kw.setdefault("pool_recycle", 1800)
     return create_engine(url, **kw)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database (raises when it cannot be reached): the readiness probe."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from moderation.analyzers.base import FatalAnalyzerError, TransientAnalyzerError
-from moderation.vlm.prompts import RenderedPrompt
+from moderation.analyzers.vlm.prompts import RenderedPrompt
+from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
 
-log = logging.getLogger("moderation.vlm")
+log = logging.getLogger("moderation.analyzers.vlm")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class TransformersEngine:
         generate does not take a prefix cache the way GLM and Qwen2.5-VL do runs without it rather
         than failing or answering differently (`_same_steps`: same tokens, log-probabilities within
         bf16 rounding)."""
-        from moderation.vlm.prompts import RenderedPrompt as RP
+        from moderation.analyzers.vlm.prompts import RenderedPrompt as RP
 
         system = "You check uploaded images for risks to the people who will see them. " * 3
         reqs = [

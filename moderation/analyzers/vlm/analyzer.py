@@ -15,18 +15,31 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image
 
-from moderation.analyzers.base import AnalysisInput, Analyzer, FatalAnalyzerError, Finding, TransientAnalyzerError
+from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.analyzers.vlm.batching import MicroBatcher
+from moderation.analyzers.vlm.engines import Engine, Generation, Request, build_engine, model_ref
+from moderation.analyzers.vlm.logprob import expected_scores
+from moderation.analyzers.vlm.prompts import (
+    RenderedPrompt,
+    UnparseableOutput,
+    json_schema,
+    load_prompt,
+    parse_answer,
+    render,
+)
+from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
 from moderation.settings import Settings
-from moderation.vlm.batching import MicroBatcher
-from moderation.vlm.engines import Engine, Generation, Request, build_engine, model_ref
-from moderation.vlm.logprob import expected_scores
-from moderation.vlm.prompts import RenderedPrompt, UnparseableOutput, json_schema, load_prompt, parse_answer, render
 
-log = logging.getLogger("moderation.vlm")
+log = logging.getLogger("moderation.analyzers.vlm")
+
+
+DEFAULT_PROMPT = "risk-v1"
 
 
 class VlmAnalyzer(Analyzer):
@@ -34,7 +47,7 @@ class VlmAnalyzer(Analyzer):
 
     def __init__(
         self,
-        prompt: str = "risk-v1",
+        prompt: str = DEFAULT_PROMPT,
         engine: str | None = None,
         model: str | None = None,
         max_new_tokens: int | None = None,
@@ -94,12 +107,25 @@ class VlmAnalyzer(Analyzer):
         """Engine, model and prompt version: a new checkpoint or prompt wording never reuses a
         cached verdict."""
         s = settings or Settings()
-        spec = load_prompt(s.policies_dir, str(options.get("prompt", "risk-v1")))
+        spec = load_prompt(s.policies_dir, str(options.get("prompt", DEFAULT_PROMPT)))
         model = options.get("model") or s.vlm_model
         engine = options.get("engine") or s.vlm_engine
         side = options.get("image_side") or s.vlm_image_side
         method = options.get("score_method") or s.vlm_score_method
         return f"{engine}:{model}:{side}:{method}:{spec.full_version}"
+
+    @classmethod
+    def check_policy(cls, options: dict[str, Any], categories: tuple[str, ...], policies_dir: Path) -> None:
+        """The stage's prompt (`options.prompt`, `prompts/<name>.yaml`) exists and defines every
+        category of the policy."""
+        name = str(options.get("prompt", DEFAULT_PROMPT))
+        try:
+            spec = load_prompt(policies_dir, name)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ValueError(f"prompt {name!r}: {exc}") from exc
+        missing = sorted(set(categories) - set(spec.categories))
+        if missing:
+            raise ValueError(f"prompt {name!r} does not define {missing}")
 
     def warmup(self) -> None:
         warm = getattr(self.engine, "warmup", None)

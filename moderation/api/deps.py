@@ -1,0 +1,24 @@
+"""What handlers receive: the process's Context and the caller's Principal (from the key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from moderation.access import Principal
+from moderation.pipeline.context import Context
+
+
+def get_context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from `Authorization: Bearer <key>` (401 UNAUTHENTICATED otherwise)."""
+    return get_context(request).keys.authenticate(authorization)
+
+
+Ctx = Annotated[Context, Depends(get_context)]
+Auth = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,26 @@
+"""The audit log: the per-tenant hash chain (`chain`), the events of a submission's life and its
+DSA statement of reasons (`events`), and queries over the log (`search`)."""
+
+from moderation.audit.chain import (
+    GENESIS,
+    Event,
+    VerifyResult,
+    append,
+    canonical,
+    chain_hash,
+    ensure_head,
+    event_json,
+    verify,
+)
+
+__all__ = [
+    "GENESIS",
+    "Event",
+    "VerifyResult",
+    "append",
+    "canonical",
+    "chain_hash",
+    "ensure_head",
+    "event_json",
+    "verify",
+]

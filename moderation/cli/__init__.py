@@ -1,0 +1,1 @@
+"""The `moderation` command line (typer): `main` builds the app from the command groups."""

@@ -1,0 +1,1 @@
+"""Human review: the tasks opened for items people decide (`tasks`)."""
