@@ -54,8 +54,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import pct  # noqa: E402
 from devtools.synthetic_vlm import build_processor, flash_config, tiny_config  # noqa: E402
-from moderation.analyzers.vlm.engines import Generation, Request, TransformersEngine, chat_text, fit_long_side  # noqa: E402
+from moderation.analyzers.vlm.engines import Generation, Request, fit_long_side  # noqa: E402
 from moderation.analyzers.vlm.prompts import json_schema, load_prompt, render  # noqa: E402
+from moderation.analyzers.vlm.transformers_engine import TransformersEngine, chat_text  # noqa: E402
 from moderation.policy import load_policy  # noqa: E402
 from moderation.settings import Settings  # noqa: E402
 

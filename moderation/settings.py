@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def data_dir(name: str) -> Path:
+    """A data folder that ships with the code (`policies`, `migrations`): inside the installed
+    package for a wheel (copied to `moderation/_data/` at build time), else the source
+    checkout's top-level folder."""
+    shipped = PACKAGE_DIR / "_data" / name
+    return shipped if shipped.is_dir() else PACKAGE_DIR.parent / name
 
 
 class Settings(BaseSettings):
@@ -27,10 +35,11 @@ class Settings(BaseSettings):
     # A broker other than Redis (e.g. RabbitMQ); defaults to REDIS_URL, then the embedded broker.
     broker_url: str | None = None
 
-    var_dir: Path = REPO_ROOT / "var"
+    var_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")  # where the process runs
     blob_dir: Path | None = None
     blob_fsync: bool = True
-    policies_dir: Path = REPO_ROOT / "policies"
+    policies_dir: Path = Field(default_factory=lambda: data_dir("policies"))
+    migrations_dir: Path = Field(default_factory=lambda: data_dir("migrations"))
     default_policy: str = "default"
 
     # Input limits (checked before anything is stored or queued).
@@ -90,7 +99,7 @@ class Settings(BaseSettings):
     # batch (prefill then pays only for the image and the caption). Same outputs; off for A/B.
     vlm_prefix_cache: bool = True
     # generated: the score the model wrote; logprob: its expectation under the model's token
-    # probabilities where the engine returns them (moderation/vlm/logprob.py).
+    # probabilities where the engine returns them (moderation/analyzers/vlm/logprob.py).
     vlm_score_method: Literal["generated", "logprob"] = "generated"
     vlm_max_new_tokens: int = 768  # 13 categories with one-line rationales need ~400-500
     vlm_batch_max: int = 16  # micro-batch: up to this many images per model call...
@@ -100,6 +109,11 @@ class Settings(BaseSettings):
     vlm_concurrency: int = 16
     vlm_timeout_s: float = 60.0  # openai engine: per request attempt
     vlm_retries: int = 2
+
+    # The CLI as a client of a running API (`moderation submit|scan`), and the GPUs a scheduler
+    # (Slurm, Kubernetes) allotted to this job, which `moderation worker --gpus` keeps to.
+    client_api_key: str | None = Field(default=None, validation_alias=AliasChoices("MODERATION_API_KEY"))
+    cuda_visible_devices: str | None = Field(default=None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES"))
 
     @property
     def features(self) -> frozenset[str]:
@@ -119,7 +133,7 @@ class Settings(BaseSettings):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg2://" + url[len("postgresql://") :]
             return url
-        return f"sqlite:///{self.var_dir / 'moderation.db.engine'}"
+        return f"sqlite:///{self.var_dir / 'moderation.db'}"
 
     @property
     def celery_broker_url(self) -> str:
@@ -140,3 +154,9 @@ class Settings(BaseSettings):
     @property
     def blobs(self) -> Path:
         return self.blob_dir or self.var_dir / "blobs"
+
+
+def default(name: str) -> Any:
+    """The default of setting `name`, for code that takes the same option without Settings
+    (the VLM engines' constructors): one source of defaults."""
+    return Settings.model_fields[name].default

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from moderation.settings import REPO_ROOT
+from moderation.settings import data_dir
 
-EXEMPLARS = REPO_ROOT / "policies" / "lite" / "exemplars.yaml"
-CALIBRATION = REPO_ROOT / "policies" / "lite" / "calibration.yaml"
+EXEMPLARS = data_dir("policies") / "lite" / "exemplars.yaml"
+CALIBRATION = data_dir("policies") / "lite" / "calibration.yaml"
 _DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
 

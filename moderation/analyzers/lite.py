@@ -27,10 +27,11 @@ import yaml
 from PIL import Image
 
 from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
-from moderation.settings import REPO_ROOT
+from moderation.settings import Settings, data_dir
 
-LEXICON = REPO_ROOT / "policies" / "lite" / "lexicon.yaml"
-NUDITY = REPO_ROOT / "policies" / "lite" / "nudity.yaml"
+# The shipped defaults; a deployment's own `policies_dir` (Settings) takes precedence.
+LEXICON = data_dir("policies") / "lite" / "lexicon.yaml"
+NUDITY = data_dir("policies") / "lite" / "nudity.yaml"
 
 
 def _digest(path: Path) -> str:
@@ -137,7 +138,14 @@ def normalise(text: str) -> str:
 
 class LiteAnalyzer(Analyzer):
     name = "lite"
-    version = f"lite-2.{_digest(LEXICON)}"
+    version = f"lite-2.{_digest(LEXICON)}"  # with the shipped lexicon; an instance names its own
+
+    @classmethod
+    def identity(cls, options: dict[str, Any], settings: Any) -> str:
+        """The version of the lexicon this stage would load (the verdict cache key)."""
+        lexicon = options.get("lexicon")
+        path = Path(lexicon) if lexicon else (settings.policies_dir / "lite" / "lexicon.yaml" if settings else LEXICON)
+        return f"lite-2.{_digest(path)}"
 
     def __init__(
         self,
@@ -147,12 +155,12 @@ class LiteAnalyzer(Analyzer):
         lexicon: str | None = None,
         embeddings: bool = True,
         nudity: bool = True,
+        settings: Settings | None = None,
     ) -> None:
-        import os
-
         from threadpoolctl import threadpool_limits
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        data = settings.policies_dir / "lite" if settings else LEXICON.parent
+
         # One thread per process for every native pool (BLAS for the embeddings, OpenCV for the
         # nudity detector, onnxruntime below): two such workers beat one multi-threaded one on two
         # cores, and oversubscription made p95 four times worse (bench/RESULTS.md).
@@ -162,7 +170,7 @@ class LiteAnalyzer(Analyzer):
         self.nudity: NudityDetector | None = None
         if nudity:
             try:
-                self.nudity = NudityDetector(threads)
+                self.nudity = NudityDetector(threads, data / "nudity.yaml")
             except ImportError:
                 self.nudity = None  # the finding's coverage then leaves nudity/sexual out
         self.risk: Any = None
@@ -170,12 +178,13 @@ class LiteAnalyzer(Analyzer):
             try:
                 from moderation.analyzers.embed import TextRisk
 
-                self.risk = TextRisk()
+                self.risk = TextRisk(exemplars=data / "exemplars.yaml", calibration=data / "calibration.yaml")
             except ImportError:
                 self.risk = None
         from rapidocr import RapidOCR
 
-        self.lexicon = Lexicon(Path(lexicon) if lexicon else LEXICON)
+        self.lexicon = Lexicon(Path(lexicon) if lexicon else data / "lexicon.yaml")
+        self.version = f"lite-2.{self.lexicon.version}"
         self.max_frames = max_frames
         self.det_side = det_side
         self.ocr = RapidOCR(

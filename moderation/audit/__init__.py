@@ -10,6 +10,7 @@ from moderation.audit.chain import (
     chain_hash,
     ensure_head,
     event_json,
+    tenants,
     verify,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "chain_hash",
     "ensure_head",
     "event_json",
+    "tenants",
     "verify",
 ]

@@ -129,6 +129,11 @@ def ensure_head(conn: Connection, tenant_id: str) -> None:
     conn.execute(insert_ignore(conn, audit_heads), {"tenant_id": tenant_id, "seq": 0, "last_hash": GENESIS})
 
 
+def tenants(conn: Connection) -> list[str]:
+    """Every tenant that has a chain."""
+    return list(conn.execute(select(audit_heads.c.tenant_id).order_by(audit_heads.c.tenant_id)).scalars())
+
+
 @dataclass
 class VerifyResult:
     ok: bool

@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from moderation.settings import REPO_ROOT, Settings
+from moderation.settings import Settings
 
 
 def alembic_config(settings: Settings) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg.set_main_option("script_location", str(settings.migrations_dir))
     cfg.set_main_option("sqlalchemy.url", settings.db_url.replace("%", "%%"))
     return cfg
 

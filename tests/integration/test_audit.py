@@ -126,7 +126,7 @@ def test_verify_reports_the_first_tampered_row(ctx, client, pg_url, worker, tena
     # The CLI agrees, with a failing exit code.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = subprocess.run(
-        [sys.executable, "-m", "moderation.cli.main", "audit", "verify", "--tenant", tenant],
+        [sys.executable, "-m", "moderation.cli", "audit", "verify", "--tenant", tenant],
         capture_output=True,
         text=True,
         env=env,
@@ -134,7 +134,7 @@ def test_verify_reports_the_first_tampered_row(ctx, client, pg_url, worker, tena
     )
     assert cli.returncode == 1 and "BROKEN" in cli.stdout
     ok = subprocess.run(
-        [sys.executable, "-m", "moderation.cli.main", "audit", "verify", "--tenant", "acme"],
+        [sys.executable, "-m", "moderation.cli", "audit", "verify", "--tenant", "acme"],
         capture_output=True,
         text=True,
         env=env,

@@ -106,7 +106,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "moderation.cli.main", "bank", *args],
+            [sys.executable, "-m", "moderation.cli", "bank", *args],
             capture_output=True,
             text=True,
             env=env,

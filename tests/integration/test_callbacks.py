@@ -201,6 +201,7 @@ def test_attempts_that_never_finished_are_bounded(client, keys, ctx) -> None:
 
 def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, keys, ctx) -> None:
     from moderation import callbacks
+    from moderation.callbacks import outbox
 
     receiver = Receiver(refuse=0)
     try:
@@ -211,7 +212,7 @@ def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, keys, ctx) -> None
     row = delivery(ctx, sid)
     assert (row.status, row.attempts) == ("delivered", 1)
     # An attempt that started earlier and fails late (attempt 1 again) writes nothing.
-    assert callbacks._give_up(ctx.engine, row, 1, "late failure", 504) == "taken"
+    assert outbox._give_up(ctx.engine, row, 1, "late failure", 504) == "taken"
     assert delivery(ctx, sid).status == "delivered"
     with ctx.engine.connect() as conn:
         assert not conn.execute(select(dead_letters.c.id).where(dead_letters.c.submission_id == sid)).all()

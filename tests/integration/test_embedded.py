@@ -32,7 +32,7 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
     api_port, flower_port = free_port(), free_port()
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moderation.cli.main", "up", "--port", str(api_port), "--flower-port", str(flower_port)],
+        [sys.executable, "-m", "moderation.cli", "up", "--port", str(api_port), "--flower-port", str(flower_port)],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -66,7 +66,7 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
         assert final["decision"]["action"] == "allow" and final["decision"]["policy"]["id"] == "default"
         verify = httpx.get(f"{base}/v1/audit/verify", headers=headers).json()
         assert verify["ok"] is True and verify["checked"] >= 4  # key_created, received, analyzed, decided
-        assert (tmp_path / "var" / "moderation.db.engine").exists()
+        assert (tmp_path / "var" / "moderation.db").exists()
         assert any((tmp_path / "var" / "blobs").rglob("*"))
 
         # The CLI against the running pipeline: submit --wait and scan.
@@ -74,7 +74,7 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
         one = tmp_path / "one.jpg"
         one.write_bytes(picture(6))
         sub = subprocess.run(
-            [sys.executable, "-m", "moderation.cli.main", "submit", str(one), "--wait", "--key", key.group(1)],
+            [sys.executable, "-m", "moderation.cli", "submit", str(one), "--wait", "--key", key.group(1)],
             capture_output=True,
             text=True,
             env=cli_env,
@@ -89,7 +89,7 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
         (folder / "nested" / "b.jpg").write_bytes(picture(8))
         (folder / "fake.jpg").write_bytes(b"not an image at all")
         scan = subprocess.run(
-            [sys.executable, "-m", "moderation.cli.main", "scan", str(folder), "--key", key.group(1)],
+            [sys.executable, "-m", "moderation.cli", "scan", str(folder), "--key", key.group(1)],
             capture_output=True,
             text=True,
             env={**cli_env, "COLUMNS": "200"},

@@ -79,7 +79,7 @@ def start_vlm_worker(procs: Any, **env: str) -> Any:
     """The VLM worker exactly as an operator starts it for development."""
     return procs.command(
         "vlm-worker",
-        ["-m", "moderation.cli.main", "worker", "--device", "cpu", "--loglevel", "info"],
+        ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
         ready="ready.",
         **{**VLM_ENV, "MODERATION_WARMUP": "true", **env},
     )
@@ -173,7 +173,7 @@ def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, redis_
     dead = f"http://127.0.0.1:{free_port()}/v1"
     gpu = procs.command(
         "vlm-worker",
-        ["-m", "moderation.cli.main", "worker", "--device", "cpu", "--loglevel", "info"],
+        ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
         ready="ready.",
         **{
             **VLM_ENV,
@@ -199,7 +199,8 @@ def test_openai_engine_reads_token_logprobs_over_http(procs, tiny_vlm) -> None:
     """The openai engine asks for `logprobs` / `top_logprobs` and reads them back per token."""
     from PIL import Image
 
-    from moderation.analyzers.vlm.engines import OpenAIEngine, Request
+    from moderation.analyzers.vlm.engines import Request
+    from moderation.analyzers.vlm.openai_engine import OpenAIEngine
     from moderation.analyzers.vlm.prompts import load_prompt, render
 
     port = free_port()
@@ -222,7 +223,7 @@ def test_worker_gpus_without_gpus_fails_clearly(procs) -> None:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-m", "moderation.cli.main", "worker", "--gpus", "0,1"],
+        [sys.executable, "-m", "moderation.cli", "worker", "--gpus", "0,1"],
         capture_output=True,
         text=True,
         timeout=60,

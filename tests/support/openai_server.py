@@ -21,8 +21,9 @@ from fastapi import FastAPI, HTTPException
 from PIL import Image
 
 from moderation.analyzers.vlm.batching import MicroBatcher
-from moderation.analyzers.vlm.engines import Generation, Request, TransformersEngine
+from moderation.analyzers.vlm.engines import Generation, Request
 from moderation.analyzers.vlm.prompts import RenderedPrompt
+from moderation.analyzers.vlm.transformers_engine import TransformersEngine
 
 
 def _request(body: dict[str, Any]) -> tuple[Request, int]:

@@ -233,7 +233,7 @@ def test_moderation_commands_exist(services):
     assert {"migrate", "api", "worker", "beat"} <= subcommands
     for sub in sorted(subcommands):
         proc = subprocess.run(
-            [sys.executable, "-m", "moderation.cli.main", sub, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "moderation.cli", sub, "--help"], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, f"`moderation {sub} --help` failed:\n{proc.stdout}\n{proc.stderr}"
 

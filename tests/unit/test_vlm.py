@@ -266,7 +266,8 @@ def test_loader_builds_the_real_glm_processor_and_model(scripted) -> None:
 def test_the_engine_is_not_glm_specific(tmp_path: Path) -> None:
     """Any image-text-to-text model whose processor has a chat template: here Qwen2.5-VL."""
     from devtools.synthetic_vlm import save_tiny_qwen25vl
-    from moderation.analyzers.vlm.engines import Generation, Request, TransformersEngine
+    from moderation.analyzers.vlm.engines import Generation, Request
+    from moderation.analyzers.vlm.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(str(save_tiny_qwen25vl(tmp_path / "qwen")), device="cpu", image_side=112)
     assert type(engine.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
@@ -296,7 +297,7 @@ def test_shared_prefix_cache_changes_no_output(arch: str, tiny_vlm: dict[str, Pa
     """The system turn's KV cache, computed once and shared by a batch laid out as
     [prefix | padding | own tokens], gives what the plain left-padded batch gives."""
     from devtools.synthetic_vlm import save_tiny_qwen25vl
-    from moderation.analyzers.vlm.engines import TransformersEngine
+    from moderation.analyzers.vlm.transformers_engine import TransformersEngine
 
     path = tiny_vlm["random"] if arch == "glm" else save_tiny_qwen25vl(tmp_path / "qwen")
     on = TransformersEngine(str(path), device="cpu", image_side=112)
@@ -318,8 +319,9 @@ def test_shared_prefix_cache_changes_no_output(arch: str, tiny_vlm: dict[str, Pa
 
 
 def test_warmup_keeps_the_prefix_cache_only_when_it_works(tiny_vlm: dict[str, Path], monkeypatch) -> None:
-    from moderation.analyzers.vlm import engines
-    from moderation.analyzers.vlm.engines import Generation, TransformersEngine
+    from moderation.analyzers.vlm import transformers_engine as engines
+    from moderation.analyzers.vlm.engines import Generation
+    from moderation.analyzers.vlm.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(str(tiny_vlm["random"]), device="cpu", image_side=112)
     engine.warmup()
@@ -356,7 +358,7 @@ def test_warmup_keeps_the_prefix_cache_only_when_it_works(tiny_vlm: dict[str, Pa
 
 
 def test_loader_refuses_a_processor_without_an_image_processor(scripted) -> None:
-    from moderation.analyzers.vlm.engines import TransformersEngine
+    from moderation.analyzers.vlm.transformers_engine import TransformersEngine
 
     # What AutoProcessor hands back when it cannot build the multimodal processor: a tokenizer.
     bare = scripted.engine.processor.tokenizer
@@ -671,7 +673,8 @@ def test_a_server_that_fails_on_one_item_charges_its_attempts() -> None:
     import http.server
     import socketserver
 
-    from moderation.analyzers.vlm.engines import OpenAIEngine, Request
+    from moderation.analyzers.vlm.engines import Request
+    from moderation.analyzers.vlm.openai_engine import OpenAIEngine
     from moderation.analyzers.vlm.prompts import RenderedPrompt
     from moderation.errors import TransientAnalyzerError
 
