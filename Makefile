@@ -36,6 +36,7 @@ lint: $(BIN)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy moderation workers
+	$(BIN)/lint-imports
 
 services:
 	bash .ci/services.sh

@@ -78,10 +78,10 @@ _CORPUS = [
 def _corpus() -> list[str]:
     """What the tokenizer learns its merges from: the shipped prompts (so a prompt costs about as
     many tokens as with GLM's 151k-entry vocabulary, ~4 characters per token) and a few answers."""
-    from moderation.settings import REPO_ROOT
+    from moderation.settings import data_dir
 
     texts = list(_CORPUS)
-    for path in sorted((REPO_ROOT / "policies" / "prompts").glob("*.yaml")):
+    for path in sorted((data_dir("policies") / "prompts").glob("*.yaml")):
         texts += path.read_text(encoding="utf-8").splitlines()
     return texts
 

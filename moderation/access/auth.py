@@ -8,14 +8,13 @@ working within that time) so that authentication costs no database round trip pe
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
 from moderation.db.tables import api_keys, tenants
 from moderation.errors import ModerationError
+from moderation.ttl import Missing, TTLCache
 
 ROLES = ("submitter", "moderator", "auditor", "admin")
 
@@ -39,26 +38,17 @@ def digest(key: str) -> str:
 class KeyCache:
     def __init__(self, engine: Engine, ttl_s: float) -> None:
         self.engine = engine
-        self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._entries: TTLCache[str, Principal | None] = TTLCache(ttl_s, max_items=10_000)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ModerationError("UNAUTHENTICATED", "Send 'Authorization: Bearer <key>'.")
         key = authorization[7:].strip()
         h = digest(key)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(h)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
-        else:
+        principal = self._entries.get(h)
+        if isinstance(principal, Missing):
             principal = self._load(h)
-            with self._lock:
-                if len(self._entries) > 10_000:
-                    self._entries.clear()
-                self._entries[h] = (now + self.ttl_s, principal)
+            self._entries.set(h, principal)
         if principal is None:
             raise ModerationError("UNAUTHENTICATED", "Unknown or revoked API key.")
         return principal

@@ -67,13 +67,6 @@ class BankIndex:
         self._lock = threading.Lock()
         self._tenants: dict[str, _TenantBank] = {}
 
-    def invalidate(self, tenant_id: str | None = None) -> None:
-        with self._lock:
-            if tenant_id is None:
-                self._tenants.clear()
-            else:
-                self._tenants.pop(tenant_id, None)
-
     # ------------------------------------------------------------ loading
 
     def _bank(self, tenant_id: str, conn: Connection | None) -> _TenantBank:

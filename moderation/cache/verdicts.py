@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import time
 from typing import Any, Protocol
 
 from moderation.analyzers.base import Finding, analyzer_class
 from moderation.policy import Policy
 from moderation.settings import Settings
+from moderation.ttl import TTLCache
 
 PREFIX = "moderation:verdict:"
 
@@ -29,26 +28,17 @@ class Store(Protocol):
 
 
 class LocalStore:
+    """The embedded default's store: in this process only, bounded."""
+
     def __init__(self, max_items: int = 100_000) -> None:
-        self.max_items = max_items
-        self._data: dict[str, tuple[float, bytes]] = {}
-        self._lock = threading.Lock()
+        self._data: TTLCache[str, bytes] = TTLCache(ttl_s=3600, max_items=max_items)
 
     def get(self, key: str) -> bytes | None:
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is None:
-                return None
-            if hit[0] < time.monotonic():
-                del self._data[key]
-                return None
-            return hit[1]
+        value = self._data.get(key)
+        return value if isinstance(value, bytes) else None
 
     def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        with self._lock:
-            if len(self._data) >= self.max_items:
-                self._data.clear()
-            self._data[key] = (time.monotonic() + ttl_s, value)
+        self._data.set(key, value, ttl_s)
 
 
 class RedisStore:

@@ -58,8 +58,8 @@ def check_size(size: int, limits: Limits) -> None:
         )
 
 
-def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
-    """Validate `data` and return its facts and an RGB thumbnail (long side about hash_side).
+def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
+    """Validate `data` and return its facts (hashes from an RGB thumbnail, long side about hash_side).
 
     Raises ModerationError (final, 4xx) for every kind of bad input.
     """
@@ -115,7 +115,7 @@ def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
         pdq=pdq,
         pdq_quality=quality,
     )
-    return info, thumb
+    return info
 
 
 def _count_frames(im: Image.Image, limits: Limits) -> int:

@@ -112,7 +112,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     (tenant, external_id) or Idempotency-Key returns the first submission (409 if the image differs).
     """
     policy_id = _check_fields(ctx, req)
-    info, _thumb = inspect_image(data, ctx.limits)
+    info = inspect_image(data, ctx.limits)
     sha256 = info.sha256
     ctx.blobs.put(data, info.sha256)
     sid = secrets.token_hex(16)

@@ -263,7 +263,7 @@ def test_dockerfile():
     assert len(pip) == 1, pip
     words = shlex.split(pip[0].split("pip install", 1)[1])
     assert "--no-cache-dir" in words
-    # The project itself, editable from /app, so REPO_ROOT (parent of the package) holds policies/ and migrations/.
+    # The project itself, editable from /app: data_dir() finds policies/ and migrations/ beside the package.
     assert "-e" in words or "--editable" in words
     assert any(re.fullmatch(r"(\.|/app)\$\{?EXTRAS\}?", w) for w in words), words
     users = [line.split()[1] for line in lines if line.startswith("USER ")]

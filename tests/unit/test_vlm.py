@@ -26,10 +26,10 @@ from moderation.analyzers.vlm.prompts import (
     schema_hint,
 )
 from moderation.policy import TAXONOMY, PolicyError, evaluate, load_policies, load_policy
-from moderation.settings import REPO_ROOT, Settings
+from moderation.settings import Settings, data_dir
 from tests.conftest import SCRIPTED_ANSWER
 
-POLICIES = REPO_ROOT / "policies"
+POLICIES = data_dir("policies")
 CATS = ["harassment", "hate", "nudity"]
 
 

@@ -218,6 +218,9 @@ class TransformersEngine:
         )  # fmt: skip
         return [o if o is not None else RuntimeError("no outcome") for o in outcomes]
 
+    # Whole on purpose: one batch's life (prefix or not, generate, OOM halving, the rerun without
+    # the prefix, fatal device errors) shares its tensors and its outcome slots; the order of the
+    # except clauses is the fault policy, and it reads best in one place.
     def _run(
         self,
         items: list[tuple[int, str, Image.Image]],
