@@ -3,10 +3,9 @@
 #   docker build -t moderation .                          # core only (hash banks, policy engine, audit)
 #   docker build --build-arg EXTRAS="[lite]" -t moderation .   # with optional extras from pyproject.toml
 #
-# The package is installed in editable mode from /app on purpose: moderation/settings.py takes REPO_ROOT
-# as the parent of the package directory and finds policies/ and migrations/ there, so the code must be
-# imported from /app/moderation (a plain `pip install .` would import it from site-packages, where
-# REPO_ROOT/policies and REPO_ROOT/migrations do not exist).
+# The package is installed in editable mode from /app, so that policies/ and migrations/ mounted or
+# edited under /app are the ones used (moderation.settings.data_dir finds them beside the package; a
+# plain `pip install .` would use the copies shipped inside the wheel instead).
 FROM python:3.11-slim
 
 ARG EXTRAS="[lite]"

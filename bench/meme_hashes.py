@@ -83,7 +83,7 @@ def main() -> None:
         hashes = {}
         for name, im, q in (("a", a, 90), ("b", b, 90), ("a_copy", a_copy, 55)):
             data = jpeg(im, q)
-            info = inspect_image(data, limits)
+            info = inspect_image(data, limits)[0]
             bits, _ = pdqhash.compute(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
             full_pdq = np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
             hashes[name] = {"pdq": info.pdq, "phash": info.phash, "pdq_full": full_pdq}

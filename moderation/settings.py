@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     blob_fsync: bool = True
     policies_dir: Path = Field(default_factory=lambda: data_dir("policies"))
     migrations_dir: Path = Field(default_factory=lambda: data_dir("migrations"))
+    # The lite analyzer's data: lexicon, exemplars, calibration, nudity mapping.
+    lite_dir: Path = Field(default_factory=lambda: data_dir("policies") / "lite")
     default_policy: str = "default"
 
     # Input limits (checked before anything is stored or queued).

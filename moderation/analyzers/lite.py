@@ -144,7 +144,7 @@ class LiteAnalyzer(Analyzer):
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
         """The version of the lexicon this stage would load (the verdict cache key)."""
         lexicon = options.get("lexicon")
-        path = Path(lexicon) if lexicon else (settings.policies_dir / "lite" / "lexicon.yaml" if settings else LEXICON)
+        path = Path(lexicon) if lexicon else (settings.lite_dir / "lexicon.yaml" if settings else LEXICON)
         return f"lite-2.{_digest(path)}"
 
     def __init__(
@@ -159,7 +159,7 @@ class LiteAnalyzer(Analyzer):
     ) -> None:
         from threadpoolctl import threadpool_limits
 
-        data = settings.policies_dir / "lite" if settings else LEXICON.parent
+        data = settings.lite_dir if settings else LEXICON.parent
 
         # One thread per process for every native pool (BLAS for the embeddings, OpenCV for the
         # nudity detector, onnxruntime below): two such workers beat one multi-threaded one on two

@@ -9,11 +9,12 @@ from typing import Any
 
 from moderation.analyzers.base import Finding
 from moderation.audit.chain import Event
+from moderation.db.rows import SubmissionRow
 from moderation.db.tables import iso
 from moderation.policy import Decision, Policy
 
 
-def received_event(sub: Any) -> Event:
+def received_event(sub: SubmissionRow) -> Event:
     """The `received` audit event, built from the durable submission row.
 
     It is appended by the first worker delivery, in the same transaction as its other events,
@@ -67,7 +68,7 @@ def analyzed_event(submission_id: str, f: Finding) -> Event:
 
 
 def statement_of_reasons(
-    sub: Any, policy: Policy | None, decision: Decision, found: list[Finding], decided_at: Any
+    sub: SubmissionRow, policy: Policy | None, decision: Decision, found: list[Finding], decided_at: datetime
 ) -> dict[str, Any]:
     """The DSA statement-of-reasons fields of an automated decision (see DESIGN.md, Audit event)."""
     rule = policy.categories.get(decision.top_category) if policy and decision.top_category else None
@@ -105,7 +106,7 @@ def statement_of_reasons(
     }
 
 
-def decided_event(sub: Any, decision: Decision, statement: dict[str, Any], now: datetime) -> Event:
+def decided_event(sub: SubmissionRow, decision: Decision, statement: dict[str, Any], now: datetime) -> Event:
     """The automated `decided` event: its facts are the DSA statement of reasons."""
     return Event(
         "decided",
@@ -118,7 +119,7 @@ def decided_event(sub: Any, decision: Decision, statement: dict[str, Any], now: 
     )
 
 
-def dead_lettered_event(sub: Any, task: str, error: str) -> Event:
+def dead_lettered_event(sub: SubmissionRow, task: str, error: str) -> Event:
     """The give-up of a submission's deliveries (it then fails closed to review)."""
     return Event(
         "dead_lettered",

@@ -148,7 +148,7 @@ def add_image(
     actor: str = "admin",
 ) -> int:
     """Hash an image and add it to a bank. Raises ModerationError for bad images or an unknown bank."""
-    info = inspect_image(data, limits)
+    info = inspect_image(data, limits)[0]
     return add_entries(
         conn, tenant_id, bank, [{"pdq": info.pdq, "phash": info.phash, "sha256": info.sha256, "label": label}], actor
     )[0]

@@ -58,8 +58,9 @@ def check_size(size: int, limits: Limits) -> None:
         )
 
 
-def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
-    """Validate `data` and return its facts (hashes from an RGB thumbnail, long side about hash_side).
+def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
+    """Validate `data` and return its facts and the RGB thumbnail they were hashed from (long side
+    about hash_side).
 
     Raises ModerationError (final, 4xx) for every kind of bad input.
     """
@@ -115,7 +116,7 @@ def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
         pdq=pdq,
         pdq_quality=quality,
     )
-    return info
+    return info, thumb
 
 
 def _count_frames(im: Image.Image, limits: Limits) -> int:

@@ -21,7 +21,7 @@ from moderation.errors import ModerationError
 from moderation.intake.images import inspect_image
 from moderation.intake.text import check_text
 from moderation.pipeline.context import Context
-from moderation.vocab import Priority
+from moderation.vocab import Priority, SubmissionStatus
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     (tenant, external_id) or Idempotency-Key returns the first submission (409 if the image differs).
     """
     policy_id = _check_fields(ctx, req)
-    info = inspect_image(data, ctx.limits)
+    info = inspect_image(data, ctx.limits)[0]
     sha256 = info.sha256
     ctx.blobs.put(data, info.sha256)
     sid = secrets.token_hex(16)
@@ -137,7 +137,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
         "callback_url": req.callback_url,
         "priority": req.priority,
         "policy_id": policy_id,
-        "status": "queued",
+        "status": SubmissionStatus.QUEUED,
         "attempts": 0,
         "request_ip": req.request_ip,
         "api_key_id": req.actor,
@@ -155,4 +155,4 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
             raise
         return _same_or_conflict(row, sha256), False
     ctx.batcher.add(sid, req.priority)
-    return {"id": sid, "status": "queued"}, True
+    return {"id": sid, "status": SubmissionStatus.QUEUED}, True

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from moderation import audit
 from moderation.analyzers.base import Finding
 from moderation.audit.events import analyzed_event, received_event
+from moderation.db.rows import SubmissionRow
 from moderation.db.sql import relaxed_commit
 from moderation.db.tables import (
     submissions,
@@ -45,7 +46,7 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
     ids = [submission_ids] if isinstance(submission_ids, str) else list(dict.fromkeys(submission_ids))
     routed: list[tuple[Any, Stage]] = []
     outcome: Counter[str] = Counter()
-    counted: list[Any] = []
+    counted: list[SubmissionRow] = []
     if count_attempt:
         # Its own commit, so that a batch that fails every time still uses up its attempts
         # and ends dead-lettered rather than re-enqueued forever.

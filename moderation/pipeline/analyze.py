@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import Any
 
 from PIL import Image, ImageOps
 from sqlalchemy import update
@@ -14,6 +13,7 @@ from sqlalchemy import update
 from moderation import audit
 from moderation.analyzers.base import AnalysisInput, Finding
 from moderation.audit.events import analyzed_event
+from moderation.db.rows import SubmissionRow
 from moderation.db.tables import (
     submissions,
 )
@@ -83,7 +83,7 @@ def analyze(ctx: Context, submission_id: str, stage_name: str, isolate: bool = F
     return "analyzed" if not finding.error else "analyzer_error"
 
 
-def analysis_input(ctx: Context, sub: Any, policy: Policy, isolate: bool = False) -> AnalysisInput:
+def analysis_input(ctx: Context, sub: SubmissionRow, policy: Policy, isolate: bool = False) -> AnalysisInput:
     """The normalised image (and, for animations, a few more frames) for an analyzer."""
     data = ctx.blobs.get(sub.sha256)
     with Image.open(io.BytesIO(data)) as im:
@@ -106,7 +106,7 @@ def analysis_input(ctx: Context, sub: Any, policy: Policy, isolate: bool = False
     )
 
 
-def run_stage(ctx: Context, sub: Any, policy: Policy, stage: Stage, isolate: bool = False) -> Finding:
+def run_stage(ctx: Context, sub: SubmissionRow, policy: Policy, stage: Stage, isolate: bool = False) -> Finding:
     started = time.perf_counter()
     try:
         item = analysis_input(ctx, sub, policy, isolate)

@@ -19,6 +19,7 @@ from moderation.audit.events import (
     decided_event,
     statement_of_reasons,
 )
+from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore
 from moderation.db.tables import (
     AUTOMATED,
@@ -156,7 +157,7 @@ def _insert_decisions(conn: Connection, due: list[Due], decided: dict[str, Decis
     return {r.submission_id for r in rows}
 
 
-def dead_letter(conn: Connection, sub: Any, task: str, error: str) -> Event:
+def dead_letter(conn: Connection, sub: SubmissionRow, task: str, error: str) -> Event:
     """Record the give-up in the dead-letter table; returns its audit event. The caller then
     fails the submission closed to review (never lost, never allowed)."""
     conn.execute(

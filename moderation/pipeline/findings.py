@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
 
 from moderation import audit
 from moderation.analyzers.base import Finding
+from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore, relaxed_commit
 from moderation.db.tables import (
     findings,
@@ -19,24 +19,24 @@ from moderation.db.tables import (
 )
 from moderation.pipeline.context import Context
 from moderation.policy import Policy
-from moderation.vocab import ACTIVE
+from moderation.vocab import ACTIVE, SubmissionStatus
 
 log = logging.getLogger(__name__)
 
 
-def count_attempts(conn: Connection, submission_ids: list[str]) -> list[Any]:
+def count_attempts(conn: Connection, submission_ids: list[str]) -> list[SubmissionRow]:
     """Count this delivery (status -> analyzing) for the active ones among `submission_ids`."""
     return list(
         conn.execute(
             update(submissions)
             .where(and_(submissions.c.id.in_(submission_ids), submissions.c.status.in_(ACTIVE)))
-            .values(attempts=submissions.c.attempts + 1, status="analyzing", updated_at=utcnow())
+            .values(attempts=submissions.c.attempts + 1, status=SubmissionStatus.ANALYZING, updated_at=utcnow())
             .returning(*submissions.c)
         ).all()
     )
 
 
-def start_attempt(ctx: Context, submission_id: str) -> Any | None:
+def start_attempt(ctx: Context, submission_id: str) -> SubmissionRow | None:
     """Count this delivery in its own commit, before any work that parses the image, so a
     worker killed by a poison input still leaves the count behind."""
     with ctx.engine.begin() as conn:
@@ -62,7 +62,7 @@ def stored_findings(conn: Connection, submission_ids: list[str]) -> dict[str, li
 class Due:
     """A submission ready for its automated decision, with what is still to be written."""
 
-    sub: Any
+    sub: SubmissionRow
     policy: Policy | None
     found: list[Finding]
     new: list[Finding]

@@ -11,13 +11,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from moderation.audit import Event
+from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore
 from moderation.db.tables import AUTOMATED, review_tasks
 from moderation.policy import Decision
 from moderation.vocab import Priority, ReviewStatus
 
 
-def task_row(sub: Any, decision: Decision, now: datetime) -> tuple[dict[str, Any], Event]:
+def task_row(sub: SubmissionRow, decision: Decision, now: datetime) -> tuple[dict[str, Any], Event]:
     """The review task for `sub` (whose decision names a review queue) and its audit event."""
     assert decision.review_queue
     task_id = secrets.token_hex(16)

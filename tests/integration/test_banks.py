@@ -89,7 +89,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
     src = picture(1301, size=(700, 700))
     from moderation.intake.images import inspect_image
 
-    info = inspect_image(src, ctx.limits)
+    info, _ = inspect_image(src, ctx.limits)
     csv_text = f"pdq,label\n{info.pdq},propaganda poster 12\n{'0' * 64},flat\n"
     r = client.post("/v1/banks/imported/hashes", headers=admin, files={"file": ("list.csv", csv_text.encode())})
     assert r.status_code == 201 and r.json() == {"added": 2}

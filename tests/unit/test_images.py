@@ -176,7 +176,7 @@ def test_upload_over_max_bytes_is_too_large_even_if_it_is_a_valid_image():
     assert err.data["limit"] == len(data) - 1
     # the same bytes with one more byte of allowance are accepted
     ok_limits = Limits(max_bytes=len(data), max_pixels=10**6, max_frames=10, max_total_pixels=10**7)
-    info = inspect_image(data, ok_limits)
+    info, _ = inspect_image(data, ok_limits)
     assert info.byte_size == len(data)
 
 
@@ -263,7 +263,7 @@ def test_too_many_pixels_with_a_small_limit():
 def test_pixel_limit_is_inclusive():
     data = encode(scene(64, 48, 6), "JPEG")
     limits = Limits(max_bytes=10**7, max_pixels=64 * 48, max_frames=10, max_total_pixels=64 * 48)
-    info = inspect_image(data, limits)
+    info, _ = inspect_image(data, limits)
     assert (info.width, info.height) == (64, 48)
 
 

@@ -7,7 +7,7 @@ the finding is an `unparseable` error, which the policy routes to review (fail c
 
 Scores are the model's own generated numbers (`score_method: generated`), or, with
 `score_method: logprob`, their expectation under the model's token probabilities where the
-engine returns them (`moderation/vlm/logprob.py`); each finding records per category which
+engine returns them (`moderation/analyzers/vlm/logprob.py`); each finding records per category which
 method gave its score. Calibrate thresholds per deployment (bench/eval.py).
 """
 
@@ -248,7 +248,7 @@ class VlmAnalyzer(Analyzer):
         scores = {c: a.categories[c].score for c in cats}
         methods = dict.fromkeys(cats, "generated")
         if self.score_method == "logprob" and g.steps:
-            # Only ever raises a score (see moderation/vlm/logprob.py): uncertainty goes to people.
+            # Only ever raises a score (see moderation/analyzers/vlm/logprob.py): uncertainty goes to people.
             read = {c: v for c, v in expected_scores(g.steps, cats).items() if v > scores[c]}
             scores |= read
             methods |= dict.fromkeys(read, "logprob")
