@@ -3,7 +3,6 @@ the submission row, then publish (the row is durable before anything is queued).
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -22,9 +21,6 @@ from moderation.intake.images import inspect_image
 from moderation.intake.text import check_text
 from moderation.pipeline.context import Context
 from moderation.vocab import Priority, SubmissionStatus
-
-log = logging.getLogger(__name__)
-
 
 _URL = re.compile(r"https?://[^\s]+")
 

@@ -3,7 +3,6 @@ the next analyzer stage, or the automated decision when none is due."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from typing import Any
 
@@ -28,8 +27,6 @@ from moderation.queue import (
     T_CALLBACK,
 )
 from moderation.vocab import ACTIVE
-
-log = logging.getLogger(__name__)
 
 
 def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool = True) -> str:

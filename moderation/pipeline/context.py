@@ -4,7 +4,6 @@ publisher, policies, bank index, verdict cache, key cache) and the analyzers it 
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from moderation.queue import (
     Publisher,
 )
 from moderation.settings import Settings
-
-log = logging.getLogger(__name__)
 
 _ANALYZER_LOCK = threading.Lock()
 

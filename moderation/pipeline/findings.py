@@ -3,7 +3,6 @@ stages wrote, and the item due for its automated decision."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, select, update
@@ -20,8 +19,6 @@ from moderation.db.tables import (
 from moderation.pipeline.context import Context
 from moderation.policy import Policy
 from moderation.vocab import ACTIVE, SubmissionStatus
-
-log = logging.getLogger(__name__)
 
 
 def count_attempts(conn: Connection, submission_ids: list[str]) -> list[SubmissionRow]:

@@ -3,7 +3,6 @@ path as HTTP. A rejected message is recorded and never retried."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import insert
@@ -17,8 +16,6 @@ from moderation.db.tables import (
 from moderation.errors import ModerationError
 from moderation.pipeline.accept import SubmissionRequest, accept
 from moderation.pipeline.context import Context
-
-log = logging.getLogger(__name__)
 
 
 def submit_message(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,10 @@ from sqlalchemy import text
 
 from moderation import audit
 from moderation.access.keys import create_key
-from tests.conftest import REPO, auth, picture, wait_until
+from tests.support.http import auth
+from tests.support.images import picture
+from tests.support.paths import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 

@@ -14,7 +14,8 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from moderation.db.tables import submissions
-from tests.conftest import auth, picture
+from tests.support.http import auth
+from tests.support.images import picture
 
 pytestmark = pytest.mark.services
 

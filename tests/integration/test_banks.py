@@ -6,13 +6,16 @@ import io
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, auth, picture, wait_until
+from tests.support.banks import bank_changes_applied
+from tests.support.http import auth
+from tests.support.images import picture
+from tests.support.paths import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 
@@ -29,9 +32,9 @@ def decide(client: Any, key: str, data: bytes) -> dict[str, Any]:
     return dict(wait_until(done, 60, what="decided"))
 
 
-def settle() -> None:
-    """Bank changes reach the workers' indexes within MODERATION_BANK_CACHE_TTL_S (0.2 s in tests)."""
-    time.sleep(0.6)
+def settle(ctx: Any) -> None:
+    """Wait until the bank changes of tenant acme (where `keys` live) reach the workers' indexes."""
+    bank_changes_applied(ctx, "acme")
 
 
 def reencoded(data: bytes, scale: float = 0.6, quality: int = 50) -> bytes:
@@ -61,7 +64,7 @@ def test_bank_admin_api(client, keys, ctx, worker) -> None:
     client.post("/v1/banks/fine/images", headers=admin, files=[("files", ("fine.png", fine))])
     missing = client.post("/v1/banks/nope/images", headers=admin, files=[("files", ("a.jpg", scam))])
     assert missing.status_code == 404
-    settle()
+    settle(ctx)
     listed = {b["name"]: b for b in client.get("/v1/banks", headers=admin).json()["banks"]}
     assert listed["scams"]["entries"] == 1 and listed["fine"]["kind"] == "good"
 
@@ -79,7 +82,7 @@ def test_bank_admin_api(client, keys, ctx, worker) -> None:
     entry = added["entry_ids"][0]
     assert client.delete(f"/v1/banks/scams/entries/{entry}", headers=admin).status_code == 204
     assert client.delete(f"/v1/banks/scams/entries/{entry}", headers=admin).status_code == 404
-    settle()
+    settle(ctx)
     assert decide(client, keys["submitter"], reencoded(scam))["decision"]["action"] == "allow"
 
 
@@ -97,7 +100,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
         "/v1/banks/imported/hashes", headers=admin, files={"file": ("l.tsv", b"pdq\tlabel\nnot-a-hash\tx\n")}
     )
     assert broken.status_code == 422 and "line 2" in broken.json()["error"]["message"]
-    settle()
+    settle(ctx)
     d = decide(client, keys["submitter"], reencoded(src, 0.5, 60))
     assert d["status"] == "decided" and d["decision"]["action"] == "block", d
     assert d["decision"]["reasons"][0]["label"] == "propaganda poster 12"
@@ -132,7 +135,7 @@ def test_hash_list_import_and_cli(client, keys, ctx, worker, tmp_path) -> None:
     assert cli("remove", "999999", "--tenant", "acme", "--bank", "copy").returncode == 2
 
 
-def test_same_picture_other_caption_is_not_a_copy(client, keys, worker) -> None:
+def test_same_picture_other_caption_is_not_a_copy(client, keys, ctx, worker) -> None:
     from bench.meme_hashes import jpeg, meme, template
 
     admin = auth(keys["admin"])
@@ -141,7 +144,7 @@ def test_same_picture_other_caption_is_not_a_copy(client, keys, worker) -> None:
     banked = meme(base, "MEET ME OUTSIDE", "YOU WILL REGRET IT")
     r = client.post("/v1/banks/threat-memes/images", headers=admin, files=[("files", ("m.jpg", jpeg(banked)))])
     assert r.status_code == 201
-    settle()
+    settle(ctx)
     copy = decide(client, keys["submitter"], jpeg(banked.resize((700, 700)), 55))
     assert copy["decision"]["action"] == "block" and copy["decision"]["reasons"][0]["near"] is False
     other = decide(client, keys["submitter"], jpeg(meme(base, "ME AFTER ONE GYM SESSION", "EXPECTING ABS")))

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any
-
 import pytest
 
 from moderation.queue import IngestBatcher, Publisher
 from moderation.settings import Settings
-from tests.conftest import wait_until
+from tests.support.services import ingest_messages
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
-
-
-def ingest_messages(redis_client: Any) -> list[list[str]]:
-    out = []
-    for key in redis_client.keys("ingest*"):
-        if redis_client.type(key) != b"list":
-            continue
-        for raw in redis_client.lrange(key, 0, -1):
-            envelope = json.loads(raw)
-            args = json.loads(base64.b64decode(envelope["body"]))[0]
-            out.append(list(args[0]))
-    return out
 
 
 def test_quiet_publishes_at_once_busy_groups(service_env, redis_client) -> None:

@@ -18,7 +18,9 @@ from sqlalchemy import select
 
 from moderation.db.tables import callback_deliveries, dead_letters, submissions
 from moderation.queue import CPU_QUEUES, Q_CALLBACKS
-from tests.conftest import auth, picture, wait_until
+from tests.support.http import auth
+from tests.support.images import picture
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 

@@ -6,20 +6,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO, picture, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.images import picture
+from tests.support.paths import REPO
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 
 def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Alembic migrations build exactly the schema of moderation/models.py, and go back down."""
+"""Alembic migrations build exactly the schema of moderation/db/tables.py, and go back down."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect
 from moderation.db.migrate import alembic_config
 from moderation.db.tables import metadata
 from moderation.settings import Settings
-from tests.conftest import scratch_database
+from tests.support.services import scratch_database
 
 pytestmark = pytest.mark.services
 

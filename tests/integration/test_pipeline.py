@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +12,11 @@ from sqlalchemy import func, select
 
 from moderation.db.tables import audit_events, decisions, review_tasks, submissions
 from moderation.policy import qa_draw
-from tests.conftest import auth, picture, wait_until
+from tests.support.banks import bank_changes_applied
+from tests.support.http import auth, submit, wait_final
+from tests.support.images import picture
 
 pytestmark = pytest.mark.services
-
-
-def submit(client: Any, key: str, data: bytes, **fields: str) -> dict[str, Any]:
-    headers = auth(key)
-    if "idempotency_key" in fields:
-        headers["Idempotency-Key"] = fields.pop("idempotency_key")
-    r = client.post("/v1/submissions", headers=headers, files={"file": ("x.jpg", data)}, data=fields)
-    assert r.status_code == 202, r.text
-    return dict(r.json())
-
-
-def wait_final(client: Any, key: str, sid: str, timeout: float = 90) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        body = client.get(f"/v1/submissions/{sid}", headers=auth(key)).json()
-        return body if body["status"] in ("decided", "in_review") else None
-
-    return dict(wait_until(done, timeout, what=f"{sid} decided"))
 
 
 def test_image_ends_decided_with_decision_and_audit_trail(client, keys, worker, ctx) -> None:
@@ -81,7 +65,7 @@ def test_banked_image_is_blocked_without_models_even_when_reencoded(client, keys
         data={"label": "case 7"},
     )
     assert r.status_code == 201 and r.json()["added"] == 1
-    time.sleep(0.6)  # bank changes reach the workers' indexes within MODERATION_BANK_CACHE_TTL_S (0.2 s here)
+    bank_changes_applied(ctx, "acme")  # the workers' indexes include the new entry
     im = Image.open(io.BytesIO(original)).resize((600, 467))
     buf = io.BytesIO()
     im.save(buf, "WEBP", quality=55)
@@ -275,7 +259,7 @@ def test_banked_meme_copy_is_blocked_without_ocr(client, keys, worker, ctx) -> N
     client.post("/v1/banks", headers=admin, json={"name": "memes-bad", "kind": "bad", "category": "hate"})
     original = meme(template(31), "SOME HATEFUL", "TEMPLATE TEXT")
     client.post("/v1/banks/memes-bad/images", headers=admin, files=[("files", ("m.jpg", jpeg(original)))])
-    time.sleep(0.6)
+    bank_changes_applied(ctx, "acme")
     for copy in (jpeg(original, 40), jpeg(original.resize((600, 600))), jpeg(original.convert("L").convert("RGB"))):
         sid = submit(client, keys["submitter"], copy)["id"]
         final = wait_final(client, keys["submitter"], sid)

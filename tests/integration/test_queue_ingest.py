@@ -10,7 +10,9 @@ from sqlalchemy import select
 
 from moderation.client import QueueProducer
 from moderation.db.tables import audit_events, dead_letters, submissions
-from tests.conftest import REDIS_URL, picture, wait_until
+from tests.support.images import picture
+from tests.support.services import REDIS_URL
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from moderation.db.tables import audit_events, dead_letters, decisions, findings, submissions
-from tests.conftest import auth, picture, wait_until
+from tests.support.http import auth
+from tests.support.images import picture
+from tests.support.services import ingest_messages
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 
@@ -109,11 +111,11 @@ def test_decisions_do_not_wait_for_the_analyzer_backlog(client, keys, ctx, procs
 def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_client) -> None:
     ids = [post(client, keys["submitter"], 2000 + i, policy="hash-only") for i in range(30)]
 
-    def queued() -> int:
-        return sum(redis_client.llen(k) for k in redis_client.keys("ingest*") if redis_client.type(k) == b"list")
+    def all_published() -> bool:
+        return set(ids) <= {sid for message in ingest_messages(redis_client) for sid in message}
 
-    wait_until(lambda: queued() >= 1, 30, what="ingest messages in Redis")
-    time.sleep(0.5)  # the API groups ids into few messages: let the last group go out
+    # The API groups ids into few messages: wait until the last group has gone out too.
+    wait_until(all_published, 30, what="every id in an ingest message in Redis")
     redis_client.flushdb()  # what a Redis restart without persistence does to our queues
     assert not redis_client.keys("ingest*")
     assert set(statuses(ctx, ids).values()) == {"queued"}
@@ -167,18 +169,24 @@ def test_postgres_restart_loses_nothing(client, keys, ctx, procs) -> None:
         capture_output=True,
         timeout=120,
     )
-    # While it restarts, the API answers 503 or 202, never 500.
-    for i in range(5):
+    # While it restarts, the API answers 503 or 202, never 500. Probed at least five times, then
+    # until it accepts again (wait_until spaces the probes).
+    answers: list[int] = []
+
+    def probe() -> bool:
         r = client.post(
             "/v1/submissions",
             headers=auth(keys["submitter"]),
-            files={"file": ("x.jpg", picture(4100 + i))},
+            files={"file": ("x.jpg", picture(4100 + len(answers)))},
             data={"policy": "hash-only"},
         )
         assert r.status_code in (202, 503), r.text
+        answers.append(r.status_code)
         if r.status_code == 202:
             ids.append(r.json()["id"])
-        time.sleep(0.2)
+        return len(answers) >= 5 and r.status_code == 202
+
+    wait_until(probe, 60, what="the API accepting submissions again after the restart")
     wait_until(lambda: _db_up(ctx), 60, what="PostgreSQL back")
     wait_until(lambda: all_final(ctx, ids), 180, what="all decided after the restart")
     assert_exactly_one_automated_decision(ctx, ids)

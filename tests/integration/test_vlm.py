@@ -10,7 +10,6 @@ and logged per model call), never from timings.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,11 @@ import pytest
 from sqlalchemy import select
 
 from moderation.db.tables import findings, submissions
-from tests.conftest import SCRIPTED_ANSWER, auth, picture, wait_until
-from tests.integration.test_pipeline import submit, wait_final
+from tests.support.http import auth, submit, wait_final
+from tests.support.images import picture
+from tests.support.processes import free_port, http_ok
+from tests.support.vlm import SCRIPTED_ANSWER
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
 
@@ -31,6 +33,9 @@ VLM_ENV = {
     "MODERATION_VLM_BATCH_MAX": "16",
     "MODERATION_VLM_BATCH_WAIT_MS": "1500",
 }
+# The node name `moderation worker --device cpu` gives its worker: ready when it answers ping,
+# which it does only once its model is loaded (the thread pool warms up before consuming).
+VLM_NODE = "cpu-vlm@%h"
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +45,6 @@ def _no_leftover_gpu_messages(redis_client: Any) -> Any:
     yield
     for key in list(redis_client.scan_iter(match="analyze.gpu*")):
         redis_client.delete(key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def queued_on_gpu(redis_client: Any) -> int:
@@ -80,30 +79,28 @@ def start_vlm_worker(procs: Any, **env: str) -> Any:
     return procs.command(
         "vlm-worker",
         ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
-        ready="ready.",
+        ready=procs.ping(VLM_NODE),
         **{**VLM_ENV, "MODERATION_WARMUP": "true", **env},
     )
+
+
+def start_openai_server(procs: Any, model: Path) -> str:
+    """An OpenAI-compatible HTTP server (vLLM's API) serving `model`, once it lists its model
+    (the model loads before the server listens); returns its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    procs.command(
+        "openai-server",
+        ["-m", "tests.support.openai_server", "--model", str(model), "--port", str(port)],
+        ready=http_ok(f"{base}/models"),
+    )
+    return base
 
 
 @pytest.fixture
 def openai_server(procs: Any, tiny_vlm: dict[str, Path]) -> str:
     """An OpenAI-compatible HTTP server (vLLM's API) serving the scripted tiny model."""
-    port = free_port()
-    procs.command(
-        "openai-server",
-        ["-m", "tests.support.openai_server", "--model", str(tiny_vlm["scripted"]), "--port", str(port)],
-        ready="serving",
-    )
-
-    def up() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until(up, 60, what="fixture server listening")
-    return f"http://127.0.0.1:{port}/v1"
+    return start_openai_server(procs, tiny_vlm["scripted"])
 
 
 @pytest.mark.parametrize("engine", ["transformers", "openai"])
@@ -174,7 +171,7 @@ def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, redis_
     gpu = procs.command(
         "vlm-worker",
         ["-m", "moderation.cli", "worker", "--device", "cpu", "--loglevel", "info"],
-        ready="ready.",
+        ready=procs.ping(VLM_NODE),
         **{
             **VLM_ENV,
             "MODERATION_VLM_ENGINE": "openai",
@@ -203,13 +200,8 @@ def test_openai_engine_reads_token_logprobs_over_http(procs, tiny_vlm) -> None:
     from moderation.analyzers.vlm.openai_engine import OpenAIEngine
     from moderation.analyzers.vlm.prompts import load_prompt, render
 
-    port = free_port()
-    procs.command(
-        "openai-server",
-        ["-m", "tests.support.openai_server", "--model", str(tiny_vlm["random"]), "--port", str(port)],
-        ready="serving",
-    )
-    engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", model=str(tiny_vlm["random"]), retries=5)
+    base = start_openai_server(procs, tiny_vlm["random"])
+    engine = OpenAIEngine(base, model=str(tiny_vlm["random"]), retries=5)
     engine.warmup(wait_s=60)
     spec = load_prompt(Path(__file__).resolve().parents[2] / "policies", "risk-v1")
     req = Request("k", Image.new("RGB", (90, 60), "gray"), render(spec, ["hate"], None))

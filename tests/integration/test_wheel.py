@@ -7,24 +7,19 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
+
 SOURCES = ("moderation", "workers", "policies", "migrations", "pyproject.toml", "setup.py", "README.md", "LICENSE")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -34,33 +29,49 @@ def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in SOURCES:  # a copy, so that the build writes nothing into the checkout
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, src / name)
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)]
-    )
-    (wheel,) = tmp_path.glob("moderation-*.whl")
-    shutil.rmtree(src)  # nothing of the sources is left to import from
-
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    py = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)])
-    # Dependencies come from this interpreter's site-packages (a plain path: its .pth files, such
-    # as the editable install of the checkout, are not processed).
-    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-
-    run = tmp_path / "run"
-    run.mkdir()
+    # Nothing of the checkout may leak in: no PYTHONPATH (pip would find its egg-info and install
+    # nothing), no settings of the test session (the embedded default must be what runs).
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("MODERATION_") and k not in ("DATABASE_URL", "REDIS_URL", "PYTHONPATH")
     }
     env["PYTHONUNBUFFERED"] = "1"
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:  # a copy, so that the build writes nothing into the checkout
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, src / name)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        env=env,
+    )
+    (wheel,) = tmp_path.glob("moderation-*.whl")
+    shutil.rmtree(src)  # nothing of the sources is left to import from
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env=env)
+    py = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)], env=env)
+    # Dependencies come from this interpreter's site-packages (a plain path: its .pth files, such
+    # as the editable install of the checkout, are not processed).
+    site = Path(
+        _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).stdout.strip()
+    )
+    (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    run = tmp_path / "run"
+    run.mkdir()
     where = _run(
         [str(py), "-c", "import moderation, workers; print(moderation.__file__, workers.__file__)"], cwd=run, env=env
     )
@@ -68,7 +79,7 @@ def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> No
     _run([str(venv / "bin" / "moderation"), "migrate"], cwd=run, env=env)
     assert (run / "var" / "moderation.db").exists()
 
-    port, flower = _free_port(), _free_port()
+    port, flower = free_port(), free_port()
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen(
         [str(venv / "bin" / "moderation"), "up", "--port", str(port), "--flower-port", str(flower)],
@@ -79,16 +90,17 @@ def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> No
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
+
+        def ready() -> bool:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
+                    return True
             except httpx.HTTPError:
                 pass
             assert up.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
-            time.sleep(0.5)
+            return False
+
+        wait_until(ready, 120, 0.5, "the API ready", detail=(tmp_path / "up.log").read_text)
         image = run / "upload.png"
         buf = io.BytesIO()
         Image.radial_gradient("L").convert("RGB").save(buf, "PNG")

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from moderation.analyzers.vlm.prompts import (
 )
 from moderation.policy import TAXONOMY, PolicyError, evaluate, load_policies, load_policy
 from moderation.settings import Settings, data_dir
-from tests.conftest import SCRIPTED_ANSWER
+from tests.support.vlm import SCRIPTED_ANSWER
 
 POLICIES = data_dir("policies")
 CATS = ["harassment", "hate", "nudity"]
@@ -196,16 +195,17 @@ def test_batcher_gives_each_item_its_own_outcome() -> None:
 
 def test_batcher_skips_items_whose_caller_gave_up() -> None:
     seen: list[int] = []
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def run(items: list[int]) -> list[int | BaseException]:
+        running.set()
         gate.wait(5)
         seen.extend(items)
         return list(items)
 
     b: MicroBatcher[int, int] = MicroBatcher(run, max_batch=1, max_wait_s=0.0)
     first = b.submit(1)  # runs, blocked on the gate
-    time.sleep(0.2)
+    assert running.wait(10), "the first batch never started"
     second = b.submit(2)
     assert second.cancel()  # its caller timed out before it started
     gate.set()

@@ -13,7 +13,6 @@ Heavy imports (torch, transformers) happen inside `TransformersEngine.__init__` 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
@@ -26,8 +25,6 @@ from PIL import Image
 
 from moderation.analyzers.vlm.prompts import RenderedPrompt
 from moderation.errors import FatalAnalyzerError
-
-log = logging.getLogger("moderation.analyzers.vlm")
 
 
 @dataclass(frozen=True)
