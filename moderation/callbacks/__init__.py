@@ -2,14 +2,7 @@
 signatures and per-tenant secrets (`signing`), the SSRF guard on destinations (`netguard`)."""
 
 from moderation.callbacks.netguard import DestinationRefused, check_destination, literal_host_refused
-from moderation.callbacks.outbox import (
-    CallbackFailed,
-    attempt_limit_s,
-    backoff,
-    deliver,
-    enqueue,
-    overdue,
-)
+from moderation.callbacks.outbox import CallbackFailed, attempt_limit_s, backoff, deliver, enqueue, overdue
 from moderation.callbacks.signing import rotate_secret, sign, signing_secrets
 
 __all__ = [

@@ -28,12 +28,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from moderation.callbacks.netguard import DestinationRefused, check_destination
 from moderation.callbacks.signing import sign, signing_secrets
-from moderation.db.tables import (
-    as_utc,
-    callback_deliveries,
-    dead_letters,
-    utcnow,
-)
+from moderation.db.tables import as_utc, callback_deliveries, dead_letters, utcnow
 from moderation.settings import Settings
 from moderation.submissions.status import view
 from moderation.vocab import CallbackStatus

@@ -13,12 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from moderation import audit
-from moderation.db.tables import (
-    as_utc,
-    iso,
-    tenants,
-    utcnow,
-)
+from moderation.db.tables import as_utc, iso, tenants, utcnow
 from moderation.errors import ModerationError
 from moderation.settings import Settings
 

@@ -12,10 +12,7 @@ from sqlalchemy import Connection, and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from moderation import callbacks
-from moderation.db.tables import (
-    submissions,
-    utcnow,
-)
+from moderation.db.tables import submissions, utcnow
 from moderation.errors import ModerationError
 from moderation.intake.images import inspect_image
 from moderation.intake.text import check_text

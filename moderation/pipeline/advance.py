@@ -13,19 +13,13 @@ from moderation.analyzers.base import Finding
 from moderation.audit.events import analyzed_event, received_event
 from moderation.db.rows import SubmissionRow
 from moderation.db.sql import relaxed_commit
-from moderation.db.tables import (
-    submissions,
-)
+from moderation.db.tables import submissions
 from moderation.pipeline.context import Context
 from moderation.pipeline.finalize import attempt_budget, dead_letter, finalize_many
 from moderation.pipeline.findings import Due, count_attempts, insert_findings, stored_findings
 from moderation.policy import Stage
 from moderation.policy.cascade import analyzed, next_stage
-from moderation.queue import (
-    Q_CALLBACKS,
-    T_ANALYZE,
-    T_CALLBACK,
-)
+from moderation.queue import Q_CALLBACKS, T_ANALYZE, T_CALLBACK
 from moderation.vocab import ACTIVE
 
 

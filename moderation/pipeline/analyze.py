@@ -14,21 +14,14 @@ from moderation import audit
 from moderation.analyzers.base import AnalysisInput, Finding
 from moderation.audit.events import analyzed_event
 from moderation.db.rows import SubmissionRow
-from moderation.db.tables import (
-    submissions,
-)
+from moderation.db.tables import submissions
 from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
 from moderation.intake.images import sample_frames, to_rgb
 from moderation.pipeline.context import Context
 from moderation.pipeline.finalize import attempt_budget, dead_letter, finalize_many
 from moderation.pipeline.findings import Due, insert_findings, start_attempt, stored_findings
 from moderation.policy import Policy, Stage
-from moderation.queue import (
-    Q_CALLBACKS,
-    Q_DECIDE,
-    T_CALLBACK,
-    T_DECIDE,
-)
+from moderation.queue import Q_CALLBACKS, Q_DECIDE, T_CALLBACK, T_DECIDE
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,7 @@ from moderation.db.engine import make_engine
 from moderation.intake.blobs import BlobStore
 from moderation.intake.images import Limits
 from moderation.policy import Policy, Stage, load_policies
-from moderation.queue import (
-    IngestBatcher,
-    Publisher,
-)
+from moderation.queue import IngestBatcher, Publisher
 from moderation.settings import Settings
 
 _ANALYZER_LOCK = threading.Lock()

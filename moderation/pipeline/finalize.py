@@ -13,21 +13,10 @@ from sqlalchemy import Connection, insert, update
 
 from moderation import audit, callbacks
 from moderation.audit import Event
-from moderation.audit.events import (
-    analyzed_event,
-    dead_lettered_event,
-    decided_event,
-    statement_of_reasons,
-)
+from moderation.audit.events import analyzed_event, dead_lettered_event, decided_event, statement_of_reasons
 from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore
-from moderation.db.tables import (
-    AUTOMATED,
-    dead_letters,
-    decisions,
-    submissions,
-    utcnow,
-)
+from moderation.db.tables import AUTOMATED, dead_letters, decisions, submissions, utcnow
 from moderation.pipeline.context import Context
 from moderation.pipeline.findings import Due, insert_findings
 from moderation.policy import Decision, Policy, evaluate, qa_draw

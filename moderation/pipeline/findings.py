@@ -11,11 +11,7 @@ from moderation import audit
 from moderation.analyzers.base import Finding
 from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore, relaxed_commit
-from moderation.db.tables import (
-    findings,
-    submissions,
-    utcnow,
-)
+from moderation.db.tables import findings, submissions, utcnow
 from moderation.pipeline.context import Context
 from moderation.policy import Policy
 from moderation.vocab import ACTIVE, SubmissionStatus

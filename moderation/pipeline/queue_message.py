@@ -9,10 +9,7 @@ from sqlalchemy import insert
 
 from moderation import audit
 from moderation.access.auth import Principal
-from moderation.db.tables import (
-    dead_letters,
-    utcnow,
-)
+from moderation.db.tables import dead_letters, utcnow
 from moderation.errors import ModerationError
 from moderation.pipeline.accept import SubmissionRequest, accept
 from moderation.pipeline.context import Context

@@ -10,19 +10,10 @@ from typing import Any
 from sqlalchemy import and_, select, update
 
 from moderation import callbacks
-from moderation.db.tables import (
-    as_utc,
-    submissions,
-    utcnow,
-)
+from moderation.db.tables import as_utc, submissions, utcnow
 from moderation.pipeline.context import Context
 from moderation.pipeline.findings import stored_findings
-from moderation.queue import (
-    Q_CALLBACKS,
-    Q_DECIDE,
-    Q_INGEST,
-    T_CALLBACK,
-)
+from moderation.queue import Q_CALLBACKS, Q_DECIDE, Q_INGEST, T_CALLBACK
 from moderation.vocab import ACTIVE
 
 log = logging.getLogger(__name__)
