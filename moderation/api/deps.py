@@ -10,14 +10,18 @@ from moderation.access import Principal
 from moderation.pipeline.context import Context
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    """The process's Context. Async on purpose: it only reads app state, so it runs on the event
+    loop instead of taking a worker thread for each request (sync dependencies do)."""
     ctx: Context = request.app.state.ctx
     return ctx
 
 
 def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from `Authorization: Bearer <key>` (401 UNAUTHENTICATED otherwise)."""
-    return get_context(request).keys.authenticate(authorization)
+    """The caller, from `Authorization: Bearer <key>` (401 UNAUTHENTICATED otherwise). Sync: a
+    key not in the cache is read from the database, in a worker thread."""
+    ctx: Context = request.app.state.ctx
+    return ctx.keys.authenticate(authorization)
 
 
 Ctx = Annotated[Context, Depends(get_context)]
