@@ -25,6 +25,14 @@ def data_dir(name: str) -> Path:
     return shipped if shipped.is_dir() else PACKAGE_DIR.parent / name
 
 
+def default_var_dir() -> Path:
+    """Where the embedded default keeps its database, broker and blobs: `var/` of the source
+    checkout (so the API, workers and beat started from anywhere share it), or `var/` under the
+    working directory for an installed wheel (it has no checkout)."""
+    installed = (PACKAGE_DIR / "_data").is_dir()
+    return (Path.cwd() if installed else PACKAGE_DIR.parent) / "var"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODERATION_", extra="ignore")
 
@@ -35,7 +43,7 @@ class Settings(BaseSettings):
     # A broker other than Redis (e.g. RabbitMQ); defaults to REDIS_URL, then the embedded broker.
     broker_url: str | None = None
 
-    var_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")  # where the process runs
+    var_dir: Path = Field(default_factory=default_var_dir)
     blob_dir: Path | None = None
     blob_fsync: bool = True
     policies_dir: Path = Field(default_factory=lambda: data_dir("policies"))

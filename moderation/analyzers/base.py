@@ -14,7 +14,18 @@ from typing import Any
 
 from PIL import Image
 
-from moderation.errors import TransientAnalyzerError
+# The port's two faults (defined with the one error type); importable from here for analyzer authors.
+from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
+
+__all__ = [
+    "AnalysisInput",
+    "Analyzer",
+    "FatalAnalyzerError",
+    "Finding",
+    "TransientAnalyzerError",
+    "analyzer_class",
+    "load_analyzer",
+]
 
 
 @dataclass

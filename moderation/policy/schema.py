@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moderation.analyzers.base import analyzer_class
+
+log = logging.getLogger(__name__)
 
 TAXONOMY = (
     "sexual",
@@ -231,8 +234,11 @@ def load_policies(directory: Path, features: frozenset[str] = frozenset()) -> di
             assert stage.analyzer is not None
             try:
                 cls = analyzer_class(stage.analyzer)
-            except (ImportError, AttributeError, TypeError, ValueError):
-                continue  # not importable here (an extra this process lacks): it fails closed where it runs
+            except Exception as exc:  # not importable here (an extra this process lacks): it fails closed where it runs
+                log.warning(
+                    "policy %s, stage %s: analyzer %s not checked here: %s", p.id, stage.stage, stage.analyzer, exc
+                )
+                continue
             try:
                 cls.check_policy(stage.options, tuple(p.categories), directory)
             except (OSError, ValueError, yaml.YAMLError) as exc:

@@ -26,7 +26,7 @@ from moderation.analyzers.vlm.engines import (
 from moderation.errors import TransientAnalyzerError
 from moderation.settings import default
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("moderation.analyzers.vlm")  # one logger for the VLM stage
 
 
 class OpenAIEngine:

@@ -27,7 +27,7 @@ from moderation.analyzers.vlm.engines import (
 from moderation.analyzers.vlm.prompts import RenderedPrompt
 from moderation.settings import default
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("moderation.analyzers.vlm")  # one logger for the VLM stage
 
 
 def chat_text(processor: Any, prompt: RenderedPrompt, system_only: bool = False) -> str:
