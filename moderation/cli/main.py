@@ -160,7 +160,7 @@ def up(
     """Run the whole pipeline on this machine: migrations, API, worker, beat and Flower.
 
     With no DATABASE_URL / REDIS_URL it runs embedded (SQLite and a filesystem broker under var/).
-    Ctrl-C stops everything.
+    A child that exits is restarted with backoff; Ctrl-C (or SIGTERM) stops everything.
     """
     from moderation.access.keys import create_key
     from moderation.db.engine import make_engine

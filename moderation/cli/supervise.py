@@ -76,24 +76,38 @@ def supervise_gpu_workers(wanted: list[str], start: Callable[[str], subprocess.P
 
 
 def run_until_stopped(commands: dict[str, list[str]], env: dict[str, str]) -> None:
-    """Start each command in its own session and wait for Ctrl-C or SIGTERM, or for one to exit;
-    then stop them all (warm shutdown, SIGKILL after 15 s)."""
+    """Start each command in its own session and keep them running until Ctrl-C or SIGTERM; then
+    stop them all (warm shutdown, SIGKILL after 15 s).
+
+    A child that exits (killed for memory by a poison image, a crash) is restarted alone, with
+    backoff (1 s doubling to 60 s; back to 1 s after ten minutes of work), and logged: one child's
+    death never takes the others, and the API, down with it."""
     procs = {name: subprocess.Popen(cmd, env=env, start_new_session=True) for name, cmd in commands.items()}
-    stopping = False
+    started = dict.fromkeys(commands, time.monotonic())
+    failures = dict.fromkeys(commands, 0)
+    due: dict[str, float] = {}  # restarts waiting out their backoff
+    stopping = threading.Event()
 
     def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping:
+        while not stopping.wait(0.5):
+            now = time.monotonic()
             for name, p in procs.items():
-                if p.poll() is not None:
-                    err.print(f"[red]{name} exited with {p.returncode}; stopping[/]")
-                    stopping = True
-            time.sleep(0.5)
+                if name in due or p.poll() is None:
+                    continue
+                failures[name] = failures[name] + 1 if now - started[name] < 600 else 1
+                delay = min(60.0, 2.0 ** (failures[name] - 1))
+                err.print(f"[yellow]{name} exited with {p.returncode}; restarting in {delay:.0f} s[/]")
+                due[name] = now + delay
+            for name, at in list(due.items()):
+                if at <= now:
+                    del due[name]
+                    procs[name], started[name] = subprocess.Popen(commands[name], env=env, start_new_session=True), now
+                    err.print(f"restarted {name} (pid {procs[name].pid})")
     finally:
         for p in procs.values():
             if p.poll() is None:
