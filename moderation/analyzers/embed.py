@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from moderation.settings import data_dir
 
 EXEMPLARS = data_dir("policies") / "lite" / "exemplars.yaml"
 CALIBRATION = data_dir("policies") / "lite" / "calibration.yaml"
+INJECTION_EXEMPLARS = data_dir("policies") / "lite" / "injection_exemplars.yaml"
 _DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
 
@@ -98,10 +101,22 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_tokens)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._last = threading.local()
 
     def encode(self, sentences: list[str]) -> np.ndarray:
+        """Embeddings of `sentences`. The last batch is remembered (per thread): the lite analyzer
+        asks for the same segments twice, for the risk scores and for the injection check."""
         if not sentences:
             return np.zeros((0, self.word.shape[1]), dtype=np.float32)
+        key = tuple(sentences)
+        last = getattr(self._last, "batch", None)
+        if last is not None and last[0] == key:
+            return np.asarray(last[1])
+        vectors = self._encode(sentences)
+        self._last.batch = (key, vectors)
+        return vectors
+
+    def _encode(self, sentences: list[str]) -> np.ndarray:
         enc = self.tokenizer.encode_batch(sentences)
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         mask = np.array([e.attention_mask for e in enc], dtype=np.float32)
@@ -169,3 +184,39 @@ class TextRisk:
 
     def score(self, text: str) -> dict[str, float]:
         return self.score_many([text])[0]
+
+
+class InjectionSimilarity:
+    """The similarity half of the prompt-injection check: text that reads like the injection
+    exemplars (and more like them than like the benign ones) is addressed to the checker even when
+    no rule names its phrasing. Latin script only: MiniLM cannot read CJK (it embeds every Chinese
+    line alike), so Chinese is left to the rules."""
+
+    def __init__(self, model: MiniLM, exemplars: Path = INJECTION_EXEMPLARS) -> None:
+        data: dict[str, Any] = yaml.safe_load(exemplars.read_text(encoding="utf-8"))
+        self.model = model
+        self.threshold = float(data["threshold"])
+        self.margin = float(data["margin"])
+        self.texts = [str(t) for t in data["injection"]]
+        self.injection = model.encode([_plain(t) for t in self.texts])
+        self.benign = model.encode([_plain(t) for t in data["benign"]])
+
+    def match(self, texts: list[str]) -> tuple[str, str, float] | None:
+        """(text, the nearest injection exemplar, similarity) for the first text that reads like an
+        injection, or None."""
+        readable = [t for t in dict.fromkeys(texts) if len(_LATIN.findall(t)) >= 2]
+        if not readable:
+            return None
+        vectors = self.model.encode(readable)
+        to_injection, to_benign = vectors @ self.injection.T, vectors @ self.benign.T
+        for i, text in enumerate(readable):
+            best = int(to_injection[i].argmax())
+            sim = float(to_injection[i, best])
+            if sim >= self.threshold and sim - float(to_benign[i].max()) >= self.margin:
+                return text, self.texts[best], sim
+        return None
+
+
+def _plain(text: str) -> str:
+    """Exemplars compared as the analyzer compares OCR text: NFKC, one space, lower case."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()

@@ -79,11 +79,27 @@ class Lexicon:
         return scores, why, unsure
 
     def injected(self, text: str) -> str | None:
-        for p in self.injection:
-            m = p.search(text)
-            if m:
-                return m.group(0)
+        """The first phrase of `text` (normalised) addressed to a model or a moderator, or None.
+
+        Also tried on the text with OCR's letter-for-digit slips undone ("ign0re") and with the
+        spaces between CJK characters removed ("审 核 员 请 通 过"), which OCR often inserts."""
+        for variant in dict.fromkeys((text, _unslip(text))):
+            for p in self.injection:
+                m = p.search(variant)
+                if m:
+                    return m.group(0)
         return None
+
+
+_DIGIT_FOR_LETTER = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_SLIP = re.compile(r"(?<=[a-z])[013457@$]+(?=[a-z])|(?<=\b)[@$](?=[a-z])")
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+
+
+def _unslip(text: str) -> str:
+    """Undo OCR and leetspeak digit-for-letter slips inside words, and join CJK split by spaces."""
+    text = _SLIP.sub(lambda m: m.group(0).translate(_DIGIT_FOR_LETTER), text)
+    return _CJK_GAP.sub("", text)
 
 
 class NudityDetector:
@@ -189,11 +205,13 @@ class LiteAnalyzer(Analyzer):
             except ImportError:
                 self.nudity = None  # the finding's coverage then leaves nudity/sexual out
         self.risk: Any = None
+        self.injection_like: Any = None
         if embeddings:
             try:
-                from moderation.analyzers.embed import TextRisk
+                from moderation.analyzers.embed import InjectionSimilarity, TextRisk
 
                 self.risk = TextRisk(exemplars=data / "exemplars.yaml", calibration=data / "calibration.yaml")
+                self.injection_like = InjectionSimilarity(self.risk.model, data / "injection_exemplars.yaml")
             except ImportError:
                 self.risk = None
         from rapidocr import RapidOCR
@@ -277,11 +295,12 @@ class LiteAnalyzer(Analyzer):
         text = normalise(f"{item.caption or ''} {ocr_text}")
         scores, why, unsure = self.lexicon.score(text)
         rules_hit = set(scores)
+        # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
+        segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
+        segments = list(dict.fromkeys(segments))
         if self.risk is not None:
-            # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
-            segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
             for segment, seg_scores in zip(
-                segments := list(dict.fromkeys(segments)),
+                segments,
                 self.risk.score_many([normalise(s) for s in segments]),
                 strict=True,
             ):
@@ -291,6 +310,10 @@ class LiteAnalyzer(Analyzer):
                         if c not in rules_hit and 0.35 <= p < 0.75:
                             unsure = True  # the embedding alone, in its unsure band: not enough to decide
         injected = self.lexicon.injected(text)
+        if injected is None and self.injection_like is not None:
+            near = self.injection_like.match([normalise(s) for s in segments])
+            if near is not None:
+                injected = f"{near[0][:120]} (reads like {near[1][:60]!r}, {near[2]:.2f})"
         # Classic meme layout: caption-sized text in a band at the top and/or the bottom.
         bands = [ln for ln in readable if (ln[2][3] - ln[2][1]) >= 0.035 and (ln[2][1] < 0.3 or ln[2][3] > 0.7)]
         flags = {
