@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
 from moderation.db.sql import insert_ignore
 from moderation.db.tables import as_utc, audit_events, audit_heads, utcnow
@@ -158,8 +158,10 @@ def verify(conn: Connection, tenant_id: str, batch: int = 5000) -> VerifyResult:
 
     Checks: seq is contiguous from 1 (a deleted row breaks it), each prev_hash is the previous
     row_hash, each row_hash recomputes from prev_hash and body, the indexed columns agree with
-    the body, and the head records the last row (a deleted tail breaks it). The head is read
-    first and the walk stops at it, so appends committed meanwhile are not mistaken for damage.
+    the body, the head records the last row (a deleted tail breaks it), and no row lies past the
+    head (a head moved back to hide rows breaks it). The head is read first and the walk stops at
+    it, so appends committed meanwhile are not mistaken for damage. A chain deleted and rebuilt
+    with recomputed hashes verifies: only a checkpoint kept outside the database catches that.
     """
     head = conn.execute(select(audit_heads).where(audit_heads.c.tenant_id == tenant_id)).first()
     head_json = {"seq": int(head.seq), "last_hash": head.last_hash} if head else None
@@ -179,6 +181,23 @@ def verify(conn: Connection, tenant_id: str, batch: int = 5000) -> VerifyResult:
             False,
             checked,
             {"seq": last_seq + 1, "id": None, "reason": "chain ends before the recorded head (rows removed)"},
+            head_json,
+        )
+    # Rows past the head: an append writes its rows and moves the head in one transaction, so in
+    # any committed state the last row is the head. The last row is read before the head is read
+    # again (a head can only have grown meanwhile); a last row beyond it means the head was moved
+    # back to hide the rows after it.
+    last_row = conn.execute(select(func.max(audit_events.c.seq)).where(audit_events.c.tenant_id == tenant_id)).scalar()
+    head_now = conn.execute(select(audit_heads.c.seq).where(audit_heads.c.tenant_id == tenant_id)).scalar()
+    if last_row is not None and (head_now is None or int(last_row) > int(head_now)):
+        return VerifyResult(
+            False,
+            checked,
+            {
+                "seq": last_seq + 1,
+                "id": None,
+                "reason": f"rows up to seq {last_row} lie past the recorded head (head moved back)",
+            },
             head_json,
         )
     return VerifyResult(True, checked, None, head_json)

@@ -109,6 +109,12 @@ def tamper(pg_url: str, sql: str) -> None:
             "(SELECT max(seq) FROM audit_events WHERE tenant_id = 'tamper-tail')",
             "rows removed",
         ),
+        (  # the head moved back two rows (with its hash), hiding the rows after it
+            "tamper-head",
+            "UPDATE audit_heads SET seq = seq - 2, last_hash = (SELECT e.row_hash FROM audit_events e "
+            "WHERE e.tenant_id = 'tamper-head' AND e.seq = audit_heads.seq - 2) WHERE tenant_id = 'tamper-head'",
+            "head moved back",
+        ),
     ],
 )
 def test_verify_reports_the_first_tampered_row(ctx, client, pg_url, worker, tenant, sql, reason) -> None:
