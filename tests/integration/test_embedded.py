@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +12,12 @@ import httpx
 
 from tests.support.images import picture
 from tests.support.paths import REPO
-from tests.support.processes import free_port
+from tests.support.processes import embedded_env, free_port, stop_session
 from tests.support.waiting import wait_until
 
 
 def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MODERATION_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update({"MODERATION_VAR_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
+    env = embedded_env(tmp_path / "var", REPO)
     api_port, flower_port = free_port(), free_port()
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -104,12 +97,7 @@ def test_make_up_moderates_on_the_embedded_default(tmp_path: Path) -> None:
 
         wait_until(flower_up, 60, what="Flower up")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        rc = stop_session(proc, 60)
         log.close()
     assert rc == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert "stopped" in (tmp_path / "up.log").read_text()

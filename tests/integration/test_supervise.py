@@ -16,7 +16,7 @@ import psutil
 
 from tests.support.images import picture
 from tests.support.paths import REPO
-from tests.support.processes import free_port, http_ok
+from tests.support.processes import embedded_env, free_port, http_ok, stop_session
 from tests.support.waiting import wait_until
 
 
@@ -33,12 +33,7 @@ def _celery_worker(up: subprocess.Popen[bytes]) -> psutil.Process | None:
 
 
 def test_a_killed_worker_is_restarted_and_the_api_stays_up(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MODERATION_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update({"MODERATION_VAR_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
+    env = embedded_env(tmp_path / "var", REPO)
     port, flower = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "up.log"
@@ -79,12 +74,7 @@ def test_a_killed_worker_is_restarted_and_the_api_stays_up(tmp_path: Path) -> No
 
         wait_until(decided, 120, what="decided by the restarted worker", detail=log_path.read_text)
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
+        rc = stop_session(up)
         log.close()
-    assert up.returncode == 0, log_path.read_text()
+    assert rc == 0, log_path.read_text()
     assert "stopped" in log_path.read_text()

@@ -4,9 +4,7 @@ decides a submission on the embedded default: policies/ and migrations/ ship as 
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +14,7 @@ import httpx
 from PIL import Image
 
 from tests.support.paths import REPO
-from tests.support.processes import free_port
+from tests.support.processes import embedded_env, free_port, stop_session
 from tests.support.waiting import wait_until
 
 SOURCES = ("moderation", "workers", "policies", "migrations", "pyproject.toml", "setup.py", "README.md", "LICENSE")
@@ -31,12 +29,7 @@ def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> None:
     # Nothing of the checkout may leak in: no PYTHONPATH (pip would find its egg-info and install
     # nothing), no settings of the test session (the embedded default must be what runs).
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MODERATION_") and k not in ("DATABASE_URL", "REDIS_URL", "PYTHONPATH")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
+    env = embedded_env()
     src = tmp_path / "src"
     src.mkdir()
     for name in SOURCES:  # a copy, so that the build writes nothing into the checkout
@@ -113,10 +106,5 @@ def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> No
         assert '"status": "decided"' in submitted.stdout and '"action": "allow"' in submitted.stdout, submitted.stdout
         assert '"id": "hash-only"' in submitted.stdout
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
+        stop_session(up, 30)
         log.close()

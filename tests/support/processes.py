@@ -211,3 +211,31 @@ class Procs:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+def embedded_env(var_dir: Path | None = None, pythonpath: Path | None = None) -> dict[str, str]:
+    """This environment without the test session's settings (no DATABASE_URL, REDIS_URL,
+    MODERATION_*, PYTHONPATH): a child started with it runs on the embedded default."""
+    drop = ("DATABASE_URL", "REDIS_URL", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_") and k not in drop}
+    env["PYTHONUNBUFFERED"] = "1"
+    if var_dir is not None:
+        env["MODERATION_VAR_DIR"] = str(var_dir)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return env
+
+
+def stop_session(proc: subprocess.Popen[bytes], timeout: float = 40) -> int | None:
+    """Ctrl-C to a child started with `start_new_session` (and its group); SIGKILL when it has not
+    stopped within `timeout`. Returns its exit code, or None when it had to be killed."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return None
