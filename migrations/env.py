@@ -10,7 +10,8 @@ from moderation.settings import Settings
 
 config = context.config
 if not config.get_main_option("sqlalchemy.url"):
-    config.set_main_option("sqlalchemy.url", Settings().db_url.replace("%", "%%"))
+    # The owner's URL (MODERATION_MIGRATE_DATABASE_URL) where set: services log in as a role that cannot migrate.
+    config.set_main_option("sqlalchemy.url", Settings().migrate_db_url.replace("%", "%%"))
 
 
 def run_offline() -> None:

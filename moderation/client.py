@@ -6,12 +6,13 @@ sub = c.submit("photo.jpg", external_id="post-123")
 print(c.wait(sub["id"])["decision"])
 
 from moderation.client import QueueProducer
-QueueProducer("redis://localhost:6379/0").submit(api_key, "post-124", data=open("x.png","rb").read())
+QueueProducer("amqp://acme-ingest:pw@localhost/moderation-ingest").submit("post-124", data=open("x.png","rb").read())
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 import httpx
 
 from moderation.errors import ModerationError
-from moderation.queue import Q_EXTERNAL, T_SUBMIT
-from moderation.vocab import FINAL, Priority
+from moderation.queue import INGEST_EXCHANGE, INGEST_LIST_PREFIX, INGEST_ROUTING_KEY
+from moderation.vocab import FINAL
 
 
 class ClientError(Exception):
@@ -106,23 +107,44 @@ class Client:
 
 
 class QueueProducer:
-    """Publish queue-side submissions (task `moderation.submit` on queue `ingest.external`).
+    """Publish queue-side submissions as a platform, on the broker account the operator gave it
+    (`moderation ingest add`): no API key travels in the message; the broker says who sent it.
 
-    The message (JSON): {"api_key", "external_id", and "image_b64" (bytes, within the upload cap) or
-    "blob_sha256" (a blob already in the shared store); optional "caption", "uploader_id",
+    - RabbitMQ: `QueueProducer("amqp://<account>:<password>@host/<ingest vhost>")` publishes to the
+      `moderation.ingest` exchange with the `user_id` property (the broker checks it).
+    - Redis: `QueueProducer("redis://<account>:<password>@host:6379/0", secret="isec_…")` pushes
+      an HMAC-signed envelope to the account's own list.
+
+    The message (JSON): {"external_id", and "image_b64" (bytes, within the upload cap) or
+    "blob_sha256" (an image this tenant submitted before); optional "caption", "uploader_id",
     "callback_url", "priority", "policy"}. Rejections are recorded (dead letters + audit), not raised.
     """
 
-    def __init__(self, broker_url: str | None = None) -> None:
-        from moderation.queue import Publisher
-        from moderation.settings import Settings
+    def __init__(self, url: str, secret: str | None = None) -> None:
+        from urllib.parse import unquote, urlsplit
 
-        settings = Settings() if broker_url is None else Settings(broker_url=broker_url)
-        self.publisher = Publisher(settings)
+        self.url = url
+        self.account = unquote(urlsplit(url).username or "")
+        self.redis = url.startswith(("redis://", "rediss://"))
+        if not self.account:
+            raise ValueError("the URL must name the platform's broker account (scheme://account:password@host)")
+        if self.redis and not secret:
+            raise ValueError("Redis ingest needs the account's signing secret")
+        self.secret = secret
+
+    @staticmethod
+    def message(external_id: str, data: bytes | None, blob_sha256: str | None, **fields: Any) -> bytes:
+        if (data is None) == (blob_sha256 is None):
+            raise ValueError("give exactly one of data or blob_sha256")
+        message: dict[str, Any] = {"external_id": external_id, **{k: v for k, v in fields.items() if v is not None}}
+        if data is not None:
+            message["image_b64"] = base64.b64encode(data).decode()
+        else:
+            message["blob_sha256"] = blob_sha256
+        return json.dumps(message, separators=(",", ":")).encode()
 
     def submit(
         self,
-        api_key: str,
         external_id: str,
         *,
         data: bytes | None = None,
@@ -130,12 +152,40 @@ class QueueProducer:
         priority: str = "normal",
         **fields: Any,
     ) -> None:
-        if (data is None) == (blob_sha256 is None):
-            raise ValueError("give exactly one of data or blob_sha256")
-        message: dict[str, Any] = {"api_key": api_key, "external_id": external_id, "priority": priority, **fields}
-        if data is not None:
-            message["image_b64"] = base64.b64encode(data).decode()
-        else:
-            message["blob_sha256"] = blob_sha256
-        if not self.publisher.send(T_SUBMIT, [message], Q_EXTERNAL, Priority.of(priority)):
-            raise ModerationError("SERVICE_UNAVAILABLE", "The broker did not take the message.")
+        """Publish one submission; returns once the broker has taken it (publisher confirms).
+        Raises ModerationError SERVICE_UNAVAILABLE when it did not."""
+        body = self.message(external_id, data, blob_sha256, priority=priority, **fields)
+        try:
+            if self.redis:
+                self._push(body)
+            else:
+                self._publish(body)
+        except Exception as exc:
+            raise ModerationError("SERVICE_UNAVAILABLE", f"The broker did not take the message: {exc}") from exc
+
+    def _publish(self, body: bytes) -> None:
+        from kombu.connection import Connection
+
+        with Connection(self.url, transport_options={"confirm_publish": True}) as conn:
+            producer = conn.Producer(auto_declare=False)
+            producer.publish(
+                body,
+                exchange=INGEST_EXCHANGE,
+                routing_key=INGEST_ROUTING_KEY,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                user_id=self.account,
+                retry=False,
+            )
+
+    def _push(self, body: bytes) -> None:
+        import hashlib
+        import hmac
+
+        import redis
+
+        assert self.secret is not None
+        sig = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
+        envelope = json.dumps({"body": body.decode(), "sig": sig})
+        redis.Redis.from_url(self.url, socket_timeout=10).rpush(f"{INGEST_LIST_PREFIX}{self.account}", envelope)

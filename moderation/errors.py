@@ -23,6 +23,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "DECOMPRESSION_BOMB": (422, "Decoded size is out of proportion (pixels x frames over the limit)."),
     "TOO_MANY_FRAMES": (422, "The animation has more frames than allowed."),
     "UNKNOWN_POLICY": (422, "No policy with that id."),
+    "POLICY_NOT_ALLOWED": (403, "The tenant may not use that policy (see its allowed_policies)."),
     "IDEMPOTENCY_CONFLICT": (409, "The idempotency key or external id was used for a different image."),
     "CONFLICT": (409, "The resource exists already."),
     "UNAUTHENTICATED": (401, "Missing or invalid API key."),
@@ -31,6 +32,11 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "METHOD_NOT_ALLOWED": (405, "Method not allowed on this path."),
     "INVALID_MESSAGE": (422, "A queue-side submission message is malformed."),
     "BLOB_NOT_FOUND": (422, "A queue-side message names a blob that the store does not hold."),
+    "BLOB_CORRUPT": (500, "A stored image's bytes do not match its hash (tampered with or damaged): an alarm."),
+    "RATE_LIMITED": (
+        429,
+        "Over a rate limit (per key, per address, or the tenant's high-priority quota): see Retry-After.",
+    ),
     "SERVICE_UNAVAILABLE": (503, "The database or broker is unreachable; retry with backoff."),
     "INTERNAL": (500, "Unexpected server error (a bug: bad input never yields this)."),
 }

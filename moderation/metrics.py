@@ -20,3 +20,15 @@ CALLBACKS = Gauge("moderation_callbacks", "Webhook deliveries not delivered, by 
 OLDEST_CALLBACK = Gauge(
     "moderation_oldest_pending_callback_seconds", "Age of the oldest pending webhook delivery (receiver down)"
 )
+QUEUE_DEPTH = Gauge("moderation_queue_depth", "Messages waiting in each broker queue", ["queue"])
+RECENT_DECISIONS = Gauge(
+    "moderation_decisions_recent", "Decisions in the last activity window (5 min), by action", ["action"]
+)
+STAGE_LATENCY = Gauge(
+    "moderation_stage_latency_seconds",
+    "Upload to each stage's finding ('decision': to the automated decision), last 5 min",
+    ["stage", "quantile"],
+)
+WORKER_IDLE = Gauge(
+    "moderation_worker_last_progress_seconds", "Seconds since each worker process last finished a task", ["worker"]
+)

@@ -1,16 +1,15 @@
 """Queue names, task names and the Celery configuration shared by producers and workers.
 
 The API publishes tasks *by name* through `Publisher`, so it never imports worker code.
-Messages carry IDs only, never image bytes (the queue-side `submit` message from a platform
-is the one exception, bounded by the upload size cap).
+Messages carry IDs only, never image bytes. Platforms never publish here: queue-side ingest
+comes through the gateway (`moderation.gateway`), on a broker account of their own.
 
 Queues:
   ingest            hashes are ready; bank lookup, then route to the cascade (or decide inline)
-  ingest.external   queue-side submissions published by platforms (`moderation.submit`)
   analyze.cpu       CPU analyzer stages
   analyze.gpu       GPU analyzer stages (one worker process per GPU)
   decide            policy evaluation after an analyzer stage, audit, review routing
-  callbacks         signed webhook deliveries to platforms
+  callbacks         signed webhook deliveries to platforms (their own worker, a thread pool)
   maintenance       beat tasks: the reconciler
 """
 
@@ -32,24 +31,32 @@ from moderation.vocab import Priority
 log = logging.getLogger(__name__)
 
 Q_INGEST = "ingest"
-Q_EXTERNAL = "ingest.external"
 Q_CPU = "analyze.cpu"
 Q_GPU = "analyze.gpu"
 Q_DECIDE = "decide"
 Q_CALLBACKS = "callbacks"
 Q_MAINT = "maintenance"
 # The order a CPU worker consumes in (Redis `queue_order_strategy: priority` reads the queues in
-# this order, not round robin): work that finishes an item first — a decision, the platform's
-# callback — then cheap ingest (bank hits decide at once), then the expensive analyzers. With
-# analyze.cpu first, every decision waited until the whole analyzer backlog had drained.
-CPU_QUEUES = (Q_MAINT, Q_DECIDE, Q_CALLBACKS, Q_INGEST, Q_EXTERNAL, Q_CPU)
+# this order, not round robin): work that finishes an item first — a decision — then cheap
+# ingest (bank hits decide at once), then the expensive analyzers. With analyze.cpu first, every
+# decision waited until the whole analyzer backlog had drained. `callbacks` is not among them:
+# webhook deliveries wait on the platforms' receivers, so they run in a worker of their own (a
+# thread pool, CALLBACK_POOL), where a slow receiver holds a callback thread, never an ingest slot.
+CPU_QUEUES = (Q_MAINT, Q_DECIDE, Q_INGEST, Q_CPU)
+CALLBACK_POOL = "threads"
+
+# Queue-side ingest from platforms (moderation.gateway), on a broker of its own: the RabbitMQ
+# exchange (and its queue) platforms' users may publish to, or each Redis account's list.
+INGEST_EXCHANGE = "moderation.ingest"
+INGEST_ROUTING_KEY = "submit"
+INGEST_LIST_PREFIX = "moderation:ingest:"
 
 T_INGEST = "moderation.ingest"
 T_ANALYZE = "moderation.analyze"
 T_DECIDE = "moderation.decide"
-T_SUBMIT = "moderation.submit"
 T_RECONCILE = "moderation.reconcile"
 T_CALLBACK = "moderation.callback"
+T_AUDIT_CHECKPOINT = "moderation.audit_checkpoint"
 
 # Redis transport: lower number = served first.
 
@@ -71,7 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     elif url.startswith(("redis://", "rediss://")):
         transport = {
-            "visibility_timeout": settings.visibility_timeout_s,
+            "visibility_timeout": settings.redelivery_after_s,
             "priority_steps": sorted(p.broker for p in Priority),
             "queue_order_strategy": "priority",
         }
@@ -94,15 +101,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": Q_INGEST,
         "task_routes": {
             T_INGEST: {"queue": Q_INGEST},
-            T_SUBMIT: {"queue": Q_EXTERNAL},
             T_DECIDE: {"queue": Q_DECIDE},
             T_RECONCILE: {"queue": Q_MAINT},
+            T_AUDIT_CHECKPOINT: {"queue": Q_MAINT},
             T_CALLBACK: {"queue": Q_CALLBACKS},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         "beat_schedule": {
             "reconcile": {"task": T_RECONCILE, "schedule": settings.reconcile_interval_s},
+            # Signed audit checkpoints, one per tenant (daily by default), where a key is set.
+            **(
+                {"audit-checkpoint": {"task": T_AUDIT_CHECKPOINT, "schedule": settings.audit_checkpoint_interval_s}}
+                if settings.audit_signing_key
+                else {}
+            ),
         },
         "timezone": "UTC",
     }

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "MODERATION_REDIS_URL"))
     # A broker other than Redis (e.g. RabbitMQ); defaults to REDIS_URL, then the embedded broker.
     broker_url: str | None = None
+    # Migrations run as the schema owner (this URL; unset: DATABASE_URL), services as the LOGIN
+    # role `moderation_service`, a member of `moderation_app`, which may only insert and read
+    # audit rows. Each `moderation migrate` sets that role's password from service_db_password
+    # (sent as a SCRAM verifier, never in the clear); unset: the operator sets it.
+    migrate_database_url: str | None = None
+    service_db_password: str | None = None
 
     var_dir: Path = Field(default_factory=default_var_dir)
     blob_dir: Path | None = None
@@ -57,6 +63,12 @@ class Settings(BaseSettings):
     max_pixels: int = 50_000_000
     max_frames: int = 500
     max_total_pixels: int = 400_000_000  # width * height * frames, the decompression-bomb guard
+    # Decoding: one image may take at most max_decode_bytes (estimated from its header: pixels x
+    # bytes per pixel of its mode, plus the RGB copy), and all the decodes a process runs at once
+    # at most decode_memory_budget (a decode waits for its share; 503 after decode_wait_s).
+    max_decode_bytes: int = 512 * 1024 * 1024
+    decode_memory_budget: int = 512 * 1024 * 1024
+    decode_wait_s: float = 30.0
     hash_side: int = 128  # JPEGs are decoded (draft mode) at the smallest DCT scale >= this side
     bank_cache_ttl_s: float = 5.0  # new bank entries apply within this time
     bank_max_distance: int = 31  # PDQ bits: a candidate match
@@ -66,8 +78,30 @@ class Settings(BaseSettings):
     max_attempts: int = 5
     stale_after_s: float = 60.0  # a submission without progress for this long is re-enqueued
     reconcile_interval_s: float = 15.0
-    visibility_timeout_s: int = 600
+    # Hard time limits of the tasks (a stage past its limit is killed, counted as an attempt, and
+    # retried or sent to review). Redis redelivers a task not acknowledged within the visibility
+    # timeout, so that is derived from them: twice the longest (or visibility_timeout_s if larger).
+    ingest_time_limit_s: float = 120.0
+    analyze_time_limit_s: float = 300.0  # one analyzer stage: a VLM micro-batch included
+    decide_time_limit_s: float = 60.0
+    visibility_timeout_s: int = 0
     reconcile_batch: int = 500
+
+    # Queue-side ingest (`moderation ingest serve`): the broker platforms publish to, on accounts
+    # of their own (RabbitMQ: amqp://gateway:…@host/moderation-ingest; Redis: its ACL'd instance).
+    # Never the internal broker's connection.
+    ingest_url: str | None = None
+    ingest_prefetch: int = 16
+    ingest_max_deliveries: int = 5  # a message no gateway finished this often is dead-lettered (poison)
+
+    # The verdict cache: its own Redis database or instance (memory-bounded, `allkeys-lru`), never
+    # the broker's; values carry an HMAC with `cache_key`. Without both, each process keeps its
+    # own in-memory cache. Entries are per tenant unless the deployment opts into sharing them
+    # (one tenant's uploads then show as `cached` in another's decisions).
+    cache_url: str | None = None
+    cache_key: str | None = None
+    cache_shared_across_tenants: bool = False
+    cache_max_items: int = 100_000  # the in-process store's bound
 
     # Ingest publishes from concurrent requests are grouped into one message (see IngestBatcher).
     ingest_batch_max: int = 32
@@ -77,21 +111,56 @@ class Settings(BaseSettings):
     # Celery task events (what Flower shows live); Flower switches them on when it connects.
     task_events: bool = False
 
-    # Webhooks: POST the decision to the submission's callback_url, signed with HMAC-SHA256.
-    # Attempts back off exponentially (x4 from callback_backoff_s, capped): with the defaults
-    # the last of 10 attempts comes about 3 hours after the decision, then the dead-letter table.
-    callback_secret: str = "change-me"  # for tenants without their own (`moderation keys callback-secret`)
+    # Webhooks: POST the decision to the submission's callback_url, signed with HMAC-SHA256 by
+    # the tenant's own secret. Attempts back off exponentially (x4 from callback_backoff_s,
+    # capped): with the defaults the last of 10 attempts comes about 3 hours after the decision,
+    # then the dead-letter table. Which receivers a tenant may use (plain http, private
+    # networks) is the tenant's setting (`moderation callbacks receivers`), never a deployment's.
     callback_secret_grace_s: float = 86_400.0  # after a rotation, the old secret signs too for this long
-    callback_timeout_s: float = 10.0
+    callback_timeout_s: float = 10.0  # each phase; the whole request is bounded by 3x this
     callback_max_attempts: int = 10
     callback_backoff_s: float = 2.0
     callback_backoff_max_s: float = 3600.0
-    # Callback URLs that resolve to loopback, private or link-local addresses are refused (SSRF);
-    # allow them where the platform's receiver lives on the same private network.
-    callback_allow_private: bool = False
+    callback_ca_bundle: str | None = None  # PEM file of CAs for receivers' certificates (default: certifi)
+    callback_concurrency: int = 16  # threads of the callbacks worker that `moderation up` starts
 
-    # Auth.
+    # Abuse limits: 429 with Retry-After. Token buckets per API key and per client address (in
+    # Redis, REDIS_URL or ratelimit_url, shared by API replicas; in-process when embedded), a
+    # stricter one per address for unknown keys, and per tenant for `high` priority.
+    # `rate_limit_tenants` gives a tenant its own per-key rate: {"acme": 1000}.
+    rate_limit: bool = True
+    ratelimit_url: str | None = None
+    rate_limit_key_per_s: float = 200.0
+    rate_limit_key_burst: float = 400.0
+    rate_limit_ip_per_s: float = 400.0
+    rate_limit_ip_burst: float = 800.0
+    rate_limit_auth_failures_per_s: float = 1.0
+    rate_limit_auth_failures_burst: float = 20.0
+    rate_limit_tenants: dict[str, float] = Field(default_factory=dict)
+    high_priority_per_s: float = 10.0
+    high_priority_burst: float = 100.0
+    # /metrics answers only with `Authorization: Bearer <metrics_token>` when set.
+    metrics_token: str | None = None
+    # /readyz and the /metrics gauges read the database and broker at most this often.
+    probe_cache_s: float = 2.0
+    # /readyz answers 503 when work has waited longer than this and no worker finished a task in it.
+    progress_stale_s: float = 120.0
+
+    # Auth. Keys and tenants are cached per process; a revocation, rotation or tenant change
+    # bumps a counter that each process reads at most every key_revocation_poll_s, dropping
+    # its caches when it moved (so a revoked key fails everywhere within that time).
     key_cache_ttl_s: float = 30.0
+    key_revocation_poll_s: float = 0.5
+    key_last_used_every_s: float = 60.0  # api_keys.last_used_at: written behind, this often per key
+
+    # Signed audit checkpoints (moderation.audit.checkpoint): the Ed25519 private key (PEM) that
+    # `moderation audit checkpoint` and the beat task sign with (keep it off the database host),
+    # the public key (PEM) that verify accepts, a folder outside the database where beat also
+    # writes each checkpoint, and how often beat makes one per tenant.
+    audit_signing_key: Path | None = None
+    audit_verify_key: Path | None = None
+    audit_checkpoint_dir: Path | None = None
+    audit_checkpoint_interval_s: float = 86_400.0
 
     # Workers load (and run once) the analyzers of their queues before taking tasks.
     warmup: bool = True
@@ -125,6 +194,19 @@ class Settings(BaseSettings):
     client_api_key: str | None = Field(default=None, validation_alias=AliasChoices("MODERATION_API_KEY"))
     cuda_visible_devices: str | None = Field(default=None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES"))
 
+    @field_validator(
+        "migrate_database_url",
+        "service_db_password",
+        "audit_signing_key",
+        "audit_verify_key",
+        "audit_checkpoint_dir",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `VAR=` (compose's `${VAR:-}`) means unset, not the path "." or an empty password.
+        return None if value == "" else value
+
     @property
     def features(self) -> frozenset[str]:
         """Deployment features that policy stages can `require`."""
@@ -137,13 +219,29 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         if self.database_url:
-            url = self.database_url
-            if url.startswith("postgres://"):
-                url = "postgresql://" + url[len("postgres://") :]
-            if url.startswith("postgresql://"):
-                url = "postgresql+psycopg2://" + url[len("postgresql://") :]
-            return url
+            return _sqlalchemy_url(self.database_url)
         return f"sqlite:///{self.var_dir / 'moderation.db'}"
+
+    @property
+    def migrate_db_url(self) -> str:
+        """Where migrations run: the owner's URL when set, else the services' one."""
+        return _sqlalchemy_url(self.migrate_database_url) if self.migrate_database_url else self.db_url
+
+    @property
+    def task_time_limits(self) -> dict[str, float]:
+        """The hard time limit of each kind of task, in seconds (callbacks: one attempt's deadline)."""
+        return {
+            "ingest": self.ingest_time_limit_s,
+            "analyze": self.analyze_time_limit_s,
+            "decide": self.decide_time_limit_s,
+            "callback": self.callback_timeout_s * 3 + 10,
+        }
+
+    @property
+    def redelivery_after_s(self) -> int:
+        """The broker's visibility timeout: at least twice the longest task time limit, so a task
+        still running is never handed to a second worker."""
+        return max(self.visibility_timeout_s, int(2 * max(self.task_time_limits.values())) + 1)
 
     @property
     def celery_broker_url(self) -> str:
@@ -164,6 +262,14 @@ class Settings(BaseSettings):
     @property
     def blobs(self) -> Path:
         return self.blob_dir or self.var_dir / "blobs"
+
+
+def _sqlalchemy_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def default(name: str) -> Any:

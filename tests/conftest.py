@@ -21,7 +21,7 @@ pytest.register_assert_rewrite("tests.support")
 from tests.support.images import picture  # noqa: E402
 from tests.support.paths import REPO  # noqa: E402
 from tests.support.processes import Proc, Procs  # noqa: E402
-from tests.support.services import REDIS_URL, scratch_database, unavailable  # noqa: E402
+from tests.support.services import CACHE_URL, REDIS_URL, scratch_database, unavailable  # noqa: E402
 from tests.support.vlm import SCRIPTED_ANSWER  # noqa: E402
 
 # ---------------------------------------------------------------- images
@@ -50,9 +50,12 @@ def redis_client() -> Any:
         client.ping()
     except Exception as exc:
         unavailable("Redis", exc)
+    cache = redis.Redis.from_url(CACHE_URL, socket_connect_timeout=5)
     client.flushdb()
+    cache.flushdb()  # verdicts of an earlier run would be hits in this one
     yield client
     client.flushdb()
+    cache.flushdb()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +106,8 @@ def service_env(
     env = {
         "DATABASE_URL": pg_url,
         "REDIS_URL": REDIS_URL,
+        "MODERATION_CACHE_URL": CACHE_URL,
+        "MODERATION_CACHE_KEY": "test-cache-mac-key",
         "MODERATION_VAR_DIR": str(var),
         "MODERATION_POLICIES_DIR": str(policies_dir),
         "MODERATION_STALE_AFTER_S": "3",
@@ -113,9 +118,6 @@ def service_env(
         # Workers load models lazily in tests (dozens of worker starts); the VLM tests turn the
         # production warm-up back on and check it.
         "MODERATION_WARMUP": "false",
-        # The platform's webhook receiver (a test double) listens on 127.0.0.1; the SSRF guard
-        # is tested with this turned off.
-        "MODERATION_CALLBACK_ALLOW_PRIVATE": "true",
         "PYTHONPATH": str(REPO),
     }
     saved = {k: os.environ.get(k) for k in env}

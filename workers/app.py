@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, task_postrun, worker_process_init
 
 from moderation.pipeline.context import Context
+from moderation.pipeline.progress import ProgressRecorder
 from moderation.queue import celery_config
 from moderation.settings import Settings
 
@@ -29,6 +30,7 @@ app.conf.update(imports=("workers.tasks",))
 
 _ctx: Context | None = None
 _ctx_lock = threading.Lock()
+_progress_lock = threading.Lock()
 
 
 def context() -> Context:
@@ -42,6 +44,8 @@ def context() -> Context:
 
 
 _queues: list[str] = []
+_node = "worker"
+_progress: ProgressRecorder | None = None
 
 
 def _warm(fatal: bool) -> None:
@@ -70,13 +74,9 @@ def _warm_main(instance: Any = None, **_: object) -> None:
     # Pools that run tasks in this process (threads: the GPU workers; solo) load their models
     # here, so a worker consumes, and answers `inspect ping` (readiness), only once its model is
     # loaded. Prefork children warm up after fork (below).
-    global _queues
+    global _queues, _node
     _queues = sorted(instance.app.amqp.queues.consume_from) if instance is not None else []
-    if "callbacks" in _queues and settings.callback_secret == "change-me" and not settings.embedded:
-        log.error(
-            "MODERATION_CALLBACK_SECRET is the placeholder: callbacks of tenants without their own secret "
-            "(`moderation keys callback-secret`) carry signatures anyone can forge"
-        )
+    _node = str(getattr(instance, "hostname", None) or "worker")
     pool = getattr(instance, "pool_cls", "")
     name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
     if "prefork" not in name:
@@ -86,6 +86,19 @@ def _warm_main(instance: Any = None, **_: object) -> None:
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
     # A Context inherited from the parent would share its DB connections: start fresh.
-    global _ctx
+    global _ctx, _progress
     _ctx = None
+    _progress = None  # the parent's writer thread did not survive the fork
     _warm(fatal=False)
+
+
+@task_postrun.connect
+def _finished(**_: object) -> None:
+    # Progress, not liveness: /metrics and /readyz read when each process last finished a task.
+    global _progress
+    if _progress is None:
+        engine = context().engine
+        with _progress_lock:
+            if _progress is None:
+                _progress = ProgressRecorder(engine, f"{_node}/{os.getpid()}", ",".join(_queues))
+    _progress.finished()

@@ -18,13 +18,13 @@ from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moderation import callbacks
+from moderation.audit.checkpoint import checkpoint_all
 from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
 from moderation.pipeline.advance import advance
 from moderation.pipeline.analyze import analyze as analyze_stage
 from moderation.pipeline.context import Context
-from moderation.pipeline.queue_message import submit_message
 from moderation.pipeline.reconcile import reconcile as reconcile_all
-from moderation.queue import T_ANALYZE, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE, T_SUBMIT
+from moderation.queue import T_ANALYZE, T_AUDIT_CHECKPOINT, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE
 from workers.app import app, context, settings
 
 log = logging.getLogger("workers.tasks")
@@ -45,12 +45,18 @@ def _timed(name: str, fn: Any, *args: Any) -> Any:
     return outcome
 
 
-@app.task(name=T_INGEST, bind=True, **RETRY)
+def limits(kind: str) -> dict[str, float]:
+    """Celery's time limits of a task kind: soft first (the task can still record the fault)."""
+    hard = settings.task_time_limits[kind]
+    return {"time_limit": hard, "soft_time_limit": hard * 0.9}
+
+
+@app.task(name=T_INGEST, bind=True, **limits("ingest"), **RETRY)
 def ingest(self: Task, submission_ids: list[str] | str) -> str:
     return str(_timed("ingest", advance, context(), submission_ids))
 
 
-@app.task(name=T_ANALYZE, bind=True, **RETRY)
+@app.task(name=T_ANALYZE, bind=True, **limits("analyze"), **RETRY)
 def analyze(self: Task, submission_id: str, stage: str) -> str:
     try:
         # A redelivered or retried message may carry the item that broke a batch or a worker:
@@ -66,14 +72,9 @@ def analyze(self: Task, submission_id: str, stage: str) -> str:
         os._exit(70)
 
 
-@app.task(name=T_DECIDE, bind=True, **RETRY)
+@app.task(name=T_DECIDE, bind=True, **limits("decide"), **RETRY)
 def decide(self: Task, submission_id: str) -> str:
     return str(_timed("decide", advance, context(), submission_id, False))
-
-
-@app.task(name=T_SUBMIT, bind=True, **RETRY)
-def submit(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    return submit_message(context(), message)
 
 
 @app.task(name=T_RECONCILE, bind=True, **RETRY)
@@ -89,3 +90,9 @@ def callback(self: Task, submission_id: str) -> str:
         return str(_timed("callback", _deliver, context(), submission_id))
     except callbacks.CallbackFailed as exc:
         raise self.retry(exc=exc, countdown=exc.retry_in, max_retries=None) from exc
+
+
+@app.task(name=T_AUDIT_CHECKPOINT, bind=True, **RETRY)
+def audit_checkpoint(self: Task) -> dict[str, Any]:
+    ctx = context()
+    return dict(checkpoint_all(ctx.engine, ctx.settings))

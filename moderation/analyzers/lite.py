@@ -57,6 +57,17 @@ class Lexicon:
         ]
         self.benign = [re.compile(p, re.IGNORECASE) for p in data.get("benign", [])]
         self.injection = [re.compile(p, re.IGNORECASE) for p in data.get("injection", [])]
+        talk = data.get("moderation_talk") or {}
+        self.actor, self.outcome = (
+            re.compile("|".join(f"(?:{p})" for p in talk.get(part, [])) or r"(?!)", re.IGNORECASE)
+            for part in ("actor", "outcome")
+        )
+        addressed = data.get("addressed") or {}
+        self.window = int(addressed.get("window", 160))
+        self.audience, self.steer, self.marker = (
+            re.compile("|".join(f"(?:{p})" for p in addressed.get(part, [])) or r"(?!)", re.IGNORECASE)
+            for part in ("audience", "steer", "marker")
+        )
         self.categories = sorted({r.category for r in self.rules})
 
     def score(self, text: str) -> tuple[dict[str, float], dict[str, str], bool]:
@@ -88,18 +99,78 @@ class Lexicon:
                 m = p.search(variant)
                 if m:
                     return m.group(0)
+            if spoken := self.addressed(variant):
+                return spoken
+        if _SPACED.search(text):  # "i g n o r e a l l r u l e s": the words' own gaps are gone
+            m = _COMPACT.search(re.sub(r"\s+", "", text))
+            if m:
+                return m.group(0)
+        return None
+
+    def moderation_talk(self, text: str) -> str | None:
+        """Who moderates and an outcome, both in `text` (normalised): the image speaks about its
+        own moderation. Returns the two phrases, or None."""
+        for variant in dict.fromkeys((text, _unslip(text), re.sub(r"\s+", "", text))):
+            who = self.actor.search(variant)
+            if who is None:
+                continue
+            what = self.outcome.search(variant) or self.marker.search(variant)
+            if what or _vocative(variant, who.start(), who.end()):
+                return f"{who.group(0)} … {what.group(0) if what else '(spoken to)'}"
+        return None
+
+    def addressed(self, text: str) -> str | None:
+        """A stretch of `text` that speaks to the moderator about the outcome: an audience, a
+        steer and a mark of address within `window` characters of each other (or None)."""
+        for who in self.audience.finditer(text):
+            lo, hi = max(0, who.start() - self.window), who.end() + self.window
+            stretch = text[lo:hi]
+            steer = self.steer.search(stretch)
+            if steer and (self.marker.search(stretch) or _vocative(text, who.start(), who.end())):
+                a, b = min(who.start(), lo + steer.start()), max(who.end(), lo + steer.end())
+                return text[a:b][:160]
         return None
 
 
 _DIGIT_FOR_LETTER = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _SLIP = re.compile(r"(?<=[a-z])[013457@$]+(?=[a-z])|(?<=\b)[@$](?=[a-z])")
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+# (The text is NFKC-normalised: full-width colons, commas and stops are ASCII by now.)
+_LABEL_AFTER = re.compile(r"\s*[:\]\u3011]")  # "AI: …", "[system] …", "【系统】"
+_COMMA_AFTER = re.compile(r"\s*,")
+_SENTENCE_START = re.compile(r"(?:^|[.!?\u3002\n]\s*)(?:(?:hey|dear|hi|hello|yo|oi|@)\s*)?$")
+_TRAILING = re.compile(r"\s*[.!?\u3002]*\s*$")
+
+
+def _vocative(text: str, start: int, end: int) -> bool:
+    """The audience is spoken to, or speaks: "AI: …", "[system] …", "Mods, …" at the start of a
+    sentence, "…, mods" at its end. (A comma in the middle of a sentence is narration.)"""
+    if _LABEL_AFTER.match(text, end) or text[max(0, start - 1) : start] in ("[", "\u3010"):
+        return True
+    before = text[max(0, start - 12) : start]
+    if _COMMA_AFTER.match(text, end) and _SENTENCE_START.search(before):
+        return True
+    return text[max(0, start - 2) : start].rstrip().endswith(",") and bool(_TRAILING.fullmatch(text, end))
+
+
+# "I g n o r e   a l l" and "S Y S T E M :": letters spaced out one by one (four or more).
+_SPACED = re.compile(r"(?<!\S)(?:\w\s{1,3}){3,}\w(?!\S)")
+_COMPACT = re.compile(
+    r"(?:ignore|disregard|forget|bypass|override)\w{0,24}(?:rules|instructions|policy|policies|filters?)"
+    r"|system:?(?:approved|safe|pass)|(?:approve|allow|whitelist)(?:this|it|me)|(?:markit|markthis|classify\w{0,8}|rate\w{0,8})as(?:safe|sfw|clean)"
+)
 
 
 def _unslip(text: str) -> str:
     """Undo OCR and leetspeak digit-for-letter slips inside words, and join CJK split by spaces."""
+    text = _SPACED.sub(lambda m: _unspace(m.group(0)), text)
     text = _SLIP.sub(lambda m: m.group(0).translate(_DIGIT_FOR_LETTER), text)
     return _CJK_GAP.sub("", text)
+
+
+def _unspace(run: str) -> str:
+    """Letters one space apart are one word; a wider gap separates words."""
+    return " ".join(word.replace(" ", "") for word in re.split(r"\s{2,}", run))
 
 
 class NudityDetector:
@@ -314,12 +385,14 @@ class LiteAnalyzer(Analyzer):
             near = self.injection_like.match([normalise(s) for s in segments])
             if near is not None:
                 injected = f"{near[0][:120]} (reads like {near[1][:60]!r}, {near[2]:.2f})"
+        talk = self.lexicon.moderation_talk(text) if injected is None else None
         # Classic meme layout: caption-sized text in a band at the top and/or the bottom.
         bands = [ln for ln in readable if (ln[2][3] - ln[2][1]) >= 0.035 and (ln[2][1] < 0.3 or ln[2][3] > 0.7)]
         flags = {
             "text_in_image": bool(readable),
             "meme": bool(bands) and len(readable) <= 12,
             "prompt_injection": injected is not None,
+            "moderation_talk": talk is not None,
         }
         mean_ocr = float(np.mean([s for _, s, _ in readable])) if readable else 1.0
         confidence = 0.9
@@ -337,6 +410,8 @@ class LiteAnalyzer(Analyzer):
         rationale = dict(why)
         if injected:
             rationale["prompt_injection"] = f"text addressed to a model or moderator: {injected!r}"
+        if talk:
+            rationale["moderation_talk"] = f"text about this image's moderation: {talk!r}"
         return Finding(
             analyzer=self.name,
             version=self.version,

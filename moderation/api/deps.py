@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Header, Request
 
 from moderation.access import Principal
@@ -17,11 +18,15 @@ async def get_context(request: Request) -> Context:
     return ctx
 
 
-def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from `Authorization: Bearer <key>` (401 UNAUTHENTICATED otherwise). Sync: a
-    key not in the cache is read from the database, in a worker thread."""
+async def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from `Authorization: Bearer <key>` (401 UNAUTHENTICATED otherwise): normally
+    already authenticated by the `Admission` middleware, before the body was read; else here,
+    in a worker thread (a key not in the cache is read from the database)."""
+    known = getattr(request.state, "principal", None)
+    if isinstance(known, Principal):
+        return known
     ctx: Context = request.app.state.ctx
-    return ctx.keys.authenticate(authorization)
+    return await anyio.to_thread.run_sync(ctx.keys.authenticate, authorization)
 
 
 Ctx = Annotated[Context, Depends(get_context)]

@@ -43,7 +43,10 @@ def error_response(code: str, message: str, status: int, details: Any = None) ->
 
 async def _moderation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ModerationError)
-    return error_response(exc.code, exc.message, exc.http_status, exc.data or None)
+    response = error_response(exc.code, exc.message, exc.http_status, exc.data or None)
+    if "retry_after_s" in exc.data:
+        response.headers["Retry-After"] = str(exc.data["retry_after_s"])
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -1,12 +1,77 @@
-"""ASGI middleware that runs before any route: the request body cap."""
+"""ASGI middleware that runs before any route reads the body: admission (the API key and the
+rate limits) and the request body cap."""
 
 from __future__ import annotations
 
+import math
+
+import anyio.to_thread
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moderation import metrics
+from moderation.access import Principal
+from moderation.access.ratelimit import Bucket
 from moderation.api.errors import error_response
+from moderation.errors import ModerationError
+from moderation.pipeline.context import Context
+from moderation.settings import Settings
+
+
+class Admission:
+    """Every `/v1/` request is authenticated and rate limited from its headers alone, before a
+    byte of its body is read: an unknown key costs the server nothing but this check, however
+    large the upload it announces. Answers 401 (unknown key), 429 with `Retry-After` (over the
+    key's or the address's rate, or too many unknown keys from one address)."""
+
+    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.settings: Settings = ctx.settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        s = self.settings
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            principal: Principal = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, authorization)
+        except ModerationError as exc:
+            if exc.code == "UNAUTHENTICATED" and s.rate_limit:
+                bucket = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
+                wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, [bucket])
+                if wait:
+                    await self._limited(scope, receive, send, wait, "Too many requests with unknown keys.")
+                    return
+            response = error_response(exc.code, exc.message, exc.http_status, exc.data or None)
+            await response(scope, receive, send)
+            return
+        if s.rate_limit:
+            rate = s.rate_limit_tenants.get(principal.tenant_id, s.rate_limit_key_per_s)
+            burst = max(s.rate_limit_key_burst * rate / s.rate_limit_key_per_s, 1.0)
+            buckets = [
+                Bucket(f"key:{principal.key_id}", rate, burst),
+                Bucket(f"ip:{address}", s.rate_limit_ip_per_s, s.rate_limit_ip_burst),
+            ]
+            wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, buckets)
+            if wait:
+                await self._limited(scope, receive, send, wait, "Over the request rate of this key or address.")
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, wait: float, message: str) -> None:
+        retry = max(1, math.ceil(wait))
+        response = error_response("RATE_LIMITED", message, 429, {"retry_after_s": retry})
+        response.headers["Retry-After"] = str(retry)
+        await response(scope, receive, send)
 
 
 class BodyLimit:

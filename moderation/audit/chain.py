@@ -4,7 +4,9 @@ Each event's `body` is canonical JSON (sorted keys, compact, UTF-8) holding ever
 event, and `row_hash = sha256(prev_hash + "\\n" + body)`. Appends for one tenant serialise on
 that tenant's row in `audit_heads` (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises
 writers anyway), so the chain has no forks. On PostgreSQL a trigger rejects UPDATE, DELETE and
-TRUNCATE of `audit_events` (see the migration); `verify` finds any edit made around it.
+TRUNCATE of `audit_events`, another lets a head move only forward, and the services' role may
+only insert and read audit rows (see migrations 0001 and 0005); `verify` finds any edit made
+around them, and `checkpoint` a rewrite of the whole chain.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ ACTIONS = (
     "exported",
     "bank_changed",
     "key_created",
+    "key_revoked",
+    "key_rotated",
+    "tenant_created",
+    "tenant_updated",
     "callback_secret_rotated",
+    "callback_receivers_changed",
+    "ingest_account_created",
+    "ingest_account_revoked",
 )
 
 
@@ -161,7 +170,7 @@ def verify(conn: Connection, tenant_id: str, batch: int = 5000) -> VerifyResult:
     the body, the head records the last row (a deleted tail breaks it), and no row lies past the
     head (a head moved back to hide rows breaks it). The head is read first and the walk stops at
     it, so appends committed meanwhile are not mistaken for damage. A chain deleted and rebuilt
-    with recomputed hashes verifies: only a checkpoint kept outside the database catches that.
+    with recomputed hashes verifies: a signed checkpoint (moderation.audit.checkpoint) catches that.
     """
     head = conn.execute(select(audit_heads).where(audit_heads.c.tenant_id == tenant_id)).first()
     head_json = {"seq": int(head.seq), "last_hash": head.last_hash} if head else None

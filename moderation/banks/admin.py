@@ -147,11 +147,17 @@ def add_image(
     label: str | None = None,
     actor: str = "admin",
 ) -> int:
-    """Hash an image and add it to a bank. Raises ModerationError for bad images or an unknown bank."""
+    """Hash an image and add it to a bank. Raises ModerationError for bad images or an unknown bank.
+    (It decodes inside the caller's transaction: for uploads, hash with `image_entry` first.)"""
+    return add_entries(conn, tenant_id, bank, [image_entry(limits, data, label)], actor)[0]
+
+
+def image_entry(limits: Limits, data: bytes, label: str | None = None) -> dict[str, Any]:
+    """The bank entry of an image: validate and hash it (raises ModerationError for bad images).
+    Call it before opening the transaction that adds it: the audit append in `add_entries` locks
+    the tenant's chain head, and a decode must never hold that lock."""
     info = inspect_image(data, limits)[0]
-    return add_entries(
-        conn, tenant_id, bank, [{"pdq": info.pdq, "phash": info.phash, "sha256": info.sha256, "label": label}], actor
-    )[0]
+    return {"pdq": info.pdq, "phash": info.phash, "sha256": info.sha256, "label": label}
 
 
 def parse_hash_list(text: str) -> list[dict[str, Any]]:

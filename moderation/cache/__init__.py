@@ -1,9 +1,10 @@
-"""The verdict cache: findings reused for the same image, policy version and analyzer versions."""
+"""The verdict cache: findings reused for the same tenant, image, policy version and analyzer versions."""
 
-from moderation.cache.verdicts import LocalStore, RedisStore, VerdictCache
+from moderation.cache.verdicts import LocalStore, RedisStore, VerdictCache, build_store
 
 __all__ = [
     "LocalStore",
     "RedisStore",
     "VerdictCache",
+    "build_store",
 ]

@@ -8,10 +8,12 @@ records the outcome; short back-offs retry through Celery, long ones and lost me
 picked up by `overdue` from the reconciler. Deliveries are at least once: the receiver dedupes
 on the `X-Moderation-Delivery` header (or the submission id in the body).
 
-Destinations are checked where the request is made (`check_destination`): a callback URL that
-resolves to a loopback, private, link-local or otherwise non-global address is refused unless
-`callback_allow_private` is set, so a submitter cannot make the workers call into the
-operator's own network. Redirects are never followed.
+Destinations are checked where the request is made: the URL's host in IDNA 2008 form is
+resolved once, every address is checked against the tenant's receiver rules (`netguard`), and
+the request connects to those addresses only, with Host, SNI and the certificate check on the
+real name (`transport`). A refused destination is final (failed and dead-lettered, no retry).
+Redirects are never followed. Deliveries run on their own queue and worker pool (`callbacks`),
+so a slow receiver holds a callback thread, never an ingest or analyzer slot.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
-from moderation.callbacks.netguard import DestinationRefused, check_destination
+from moderation.callbacks import transport
+from moderation.callbacks.netguard import DestinationRefused, parse_destination, resolve
+from moderation.callbacks.receivers import receiver_rules
 from moderation.callbacks.signing import sign, signing_secrets
 from moderation.db.tables import as_utc, callback_deliveries, dead_letters, utcnow
 from moderation.settings import Settings
@@ -75,9 +79,15 @@ def enqueue(conn: Connection, subs: Iterable[Any], event: str, now: datetime) ->
     return [str(r["submission_id"]) for r in rows]
 
 
+def exchange_limit_s(settings: Settings) -> float:
+    """The deadline of one request (connect, TLS, send, the answer's headers), however the
+    receiver drips its bytes."""
+    return settings.callback_timeout_s * 3
+
+
 def attempt_limit_s(settings: Settings) -> float:
-    """The longest one attempt may take (the callback task's time limit): connect, send, headers."""
-    return settings.callback_timeout_s * 3 + 10
+    """The longest one attempt may take (the callback task's time limit): the request and DNS."""
+    return exchange_limit_s(settings) + 10
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -141,26 +151,31 @@ def deliver(engine: Engine, settings: Settings, submission_id: str) -> str:
 
 
 def _post(engine: Engine, settings: Settings, row: Any, attempt: int) -> str:
-    import httpx
-
     status: int | None = None
     try:
-        check_destination(row.url, settings.callback_allow_private)
+        dest = parse_destination(row.url)
         with engine.connect() as conn:
+            rules = receiver_rules(conn, row.tenant_id)
             status_body = view(conn, row.tenant_id, row.submission_id)
             keys = signing_secrets(conn, row.tenant_id, settings)
+        addresses = resolve(dest, rules)  # once: the request connects to these and nothing else
         body = json.dumps(status_body, sort_keys=True, separators=(",", ":")).encode()
-        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "moderation-callback/1",
             "X-Moderation-Delivery": row.id,
             "X-Moderation-Attempt": str(attempt),
-            "X-Moderation-Signature": sign(keys, timestamp, body),
+            "X-Moderation-Signature": sign(keys, int(time.time()), row.id, body),
         }
-        # Streamed and closed unread: the receiver's body is never needed, and never held in memory.
-        with httpx.stream("POST", row.url, content=body, headers=headers, timeout=settings.callback_timeout_s) as r:
-            status = r.status_code
+        status, _ = transport.post(
+            dest,
+            addresses,
+            body,
+            headers,
+            timeout_s=settings.callback_timeout_s,
+            deadline_s=exchange_limit_s(settings),
+            ca_bundle=settings.callback_ca_bundle,
+        )
         if 200 <= status < 300:
             _record(
                 engine, row.id, attempt, status=DELIVERED, last_status=status, last_error=None, delivered_at=utcnow()
@@ -169,10 +184,8 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int) -> str:
         error = f"HTTP {status}"
     except DestinationRefused as exc:
         return _give_up(engine, row, attempt, f"refused: {exc}", status)
-    except (httpx.HTTPError, OSError) as exc:  # network, DNS, timeouts: worth another attempt
+    except transport.TRANSIENT as exc:  # network, DNS, TLS, timeouts: worth another attempt
         error = f"{type(exc).__name__}: {exc}"
-    except (ValueError, httpx.InvalidURL) as exc:  # a URL the client or resolver cannot use: final
-        return _give_up(engine, row, attempt, f"refused: unusable callback URL: {type(exc).__name__}: {exc}", status)
     except Exception as exc:  # anything else (a time limit): this attempt failed, the budget bounds it
         log.exception("callback %s attempt %d failed unexpectedly", row.id, attempt)
         error = f"{type(exc).__name__}: {exc}"

@@ -18,21 +18,94 @@ bank_app = typer.Typer(help="Hash banks: known-bad and known-good images.", no_a
 
 @keys_app.command("create")
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant id (created if new)")],
+    tenant: Annotated[str, typer.Option(help="Tenant id (created if new, with every policy allowed)")],
     role: Annotated[list[str], typer.Option(help="submitter | moderator | auditor | admin (repeatable)")],
     label: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create an API key; prints only the key (shown once, stored hashed)."""
     from moderation.access.keys import create_key
     from moderation.db.engine import make_engine
+    from moderation.errors import ModerationError
 
     engine = make_engine(settings())
     try:
         with engine.begin() as conn:
             key = create_key(conn, tenant, role, label)
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
+    except ModerationError as exc:
+        err.print(f"[red]{exc.message}[/]")
         raise typer.Exit(2) from exc
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="One tenant; all by default")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """List keys: id, prefix, tenant, roles, label, created, last used, revoked (never a key or its hash)."""
+    import json
+
+    from moderation.access.keys import list_keys
+    from moderation.db.engine import make_engine
+
+    with make_engine(settings()).connect() as conn:
+        rows = list_keys(conn, tenant)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = Table(title="API keys" + (f" of {tenant}" if tenant else ""))
+    for col in ("id", "prefix", "tenant", "roles", "label", "created", "last used", "revoked"):
+        table.add_column(col, no_wrap=col == "id", overflow="fold")
+    for r in rows:
+        revoked = {"active": "", "expiring": f"{r['revoked_at']} (grace)"}.get(r["state"], r["revoked_at"])
+        table.add_row(
+            r["id"],
+            r["prefix"],
+            r["tenant_id"],
+            ",".join(r["roles"]),
+            r["label"] or "",
+            r["created_at"] or "",
+            r["last_used_at"] or "never",
+            revoked,
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (the hex after mk_)")]) -> None:
+    """Revoke a key: every process refuses it within MODERATION_KEY_REVOCATION_POLL_S (0.5 s)."""
+    from moderation.access.keys import revoke_key
+    from moderation.db.engine import make_engine
+    from moderation.errors import ModerationError
+
+    try:
+        with make_engine(settings()).begin() as conn:
+            key = revoke_key(conn, key_id, actor="cli")
+    except ModerationError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(2) from exc
+    out.print(f"revoked {key['id']} (tenant {key['tenant_id']}) at {key['revoked_at']}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the hex after mk_)")],
+    grace_s: Annotated[float, typer.Option(help="Seconds the old key keeps working (0: revoked now)")] = 0.0,
+) -> None:
+    """Replace a key by a new one (same tenant, roles, label); prints only the new key (shown once)."""
+    from moderation.access.keys import rotate_key
+    from moderation.db.engine import make_engine
+    from moderation.errors import ModerationError
+
+    try:
+        with make_engine(settings()).begin() as conn:
+            key, new = rotate_key(conn, key_id, actor="cli", grace_s=grace_s)
+    except ModerationError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(2) from exc
+    until = "revoked now" if grace_s == 0 else f"still valid for {grace_s:g} s"
+    err.print(f"new key {new['id']} replaces {key_id} ({until})")
     print(key)
 
 
@@ -56,11 +129,26 @@ def keys_callback_secret(tenant: Annotated[str, typer.Option(help="Tenant id (cr
 
 
 @audit_app.command("verify")
-def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; all by default")] = None) -> None:
-    """Verify the audit hash chain of each tenant; exits 1 on the first break."""
+def audit_verify(
+    tenant: Annotated[str | None, typer.Option(help="One tenant; all by default")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A signed checkpoint file: also prove the log still extends it")
+    ] = None,
+    verify_key: Annotated[
+        Path | None, typer.Option(help="Ed25519 public key (PEM); default MODERATION_AUDIT_VERIFY_KEY")
+    ] = None,
+) -> None:
+    """Verify the audit hash chain of each tenant; exits 1 on the first break.
+
+    With --checkpoint: the checkpoint's tenant (--tenant, if given, must be the same), and the
+    checkpoint must be signed by the verify key, and the row at its seq unchanged; exits 1
+    when the log does not extend it, 2 when the file or key cannot be used.
+    """
     from moderation import audit
     from moderation.db.engine import make_engine
 
+    if checkpoint is not None:
+        _verify_against_checkpoint(tenant, checkpoint, verify_key)
     engine = make_engine(settings())
     broken = False
     with engine.connect() as conn:
@@ -73,6 +161,92 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="One tenant; al
                 broken = True
                 out.print(f"[red]BROKEN[/] {t}: after {result.checked} good events: {result.first_break}")
     raise typer.Exit(1 if broken else 0)
+
+
+def _verify_against_checkpoint(tenant: str | None, path: Path, verify_key: Path | None) -> None:
+    """`audit verify --checkpoint`: always ends in typer.Exit (0 ok, 1 broken, 2 unusable input)."""
+    from rich.markup import escape
+
+    from moderation.audit import checkpoint as cps
+    from moderation.db.engine import make_engine
+    from moderation.errors import ModerationError
+
+    s = settings()
+    key_path = verify_key or s.audit_verify_key
+    if key_path is None:
+        err.print("[red]no verify key: pass --verify-key or set MODERATION_AUDIT_VERIFY_KEY[/]")
+        raise typer.Exit(2)
+    try:
+        cp = cps.parse_file(path.read_bytes())
+        key = cps.load_verify_key(key_path)
+    except (OSError, ModerationError, cps.KeyFileError) as exc:
+        raise _fail(exc) from exc
+    t = tenant or cp.tenant_id
+    with make_engine(s).connect() as conn:
+        result = cps.verify_against(conn, t, cp, key)
+    if result.ok:
+        out.print(
+            f"[green]ok[/]  {t}: {result.chain.checked} events, extending the checkpoint at seq {cp.seq} "
+            f"signed {cp.signed_at.isoformat()} by key {cp.key_id[:16]}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(0)
+    out.print(f"[red]BROKEN[/] {escape(t)}: {escape(str(result.to_json()['first_break']))}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    tenant: Annotated[str, typer.Option(help="Tenant id")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint (JSON)")],
+    key: Annotated[
+        Path | None, typer.Option(help="Ed25519 private key (PEM); default MODERATION_AUDIT_SIGNING_KEY")
+    ] = None,
+) -> None:
+    """Sign the tenant's chain head (tenant, seq, head hash, time), store it and write it to --out.
+
+    Keep the file outside the database: it is what catches a rewrite by a database superuser.
+    Refuses (exit 1) a chain that does not verify or no longer extends the last stored checkpoint.
+    """
+    from moderation.audit import checkpoint as cps
+    from moderation.db.engine import make_engine
+
+    s = settings()
+    key_path = key or s.audit_signing_key
+    if key_path is None:
+        err.print("[red]no signing key: pass --key or set MODERATION_AUDIT_SIGNING_KEY[/]")
+        raise typer.Exit(2)
+    try:
+        signing_key = cps.load_signing_key(key_path)
+    except cps.KeyFileError as exc:
+        raise _fail(exc) from exc
+    try:
+        with make_engine(s).begin() as conn:
+            cp = cps.create(conn, tenant, signing_key)
+    except cps.ChainNotVerified as exc:
+        err.print(f"[red]not signed[/]: {exc}")
+        raise typer.Exit(1) from exc
+    cps.write_file(cp, out_file)
+    err.print(f"checkpoint {cp.id}: {tenant} at seq {cp.seq}, key {cp.key_id[:16]} -> {out_file}")
+
+
+@audit_app.command("keygen")
+def audit_keygen(out_dir: Annotated[Path, typer.Option("--out", help="Folder for the key pair")]) -> None:
+    """Write a new Ed25519 key pair for audit checkpoints (never overwrites).
+
+    The private key signs (MODERATION_AUDIT_SIGNING_KEY, on the host that makes checkpoints,
+    never on the database host); the public one verifies (MODERATION_AUDIT_VERIFY_KEY, and a
+    copy for every auditor).
+    """
+    from moderation.audit import checkpoint as cps
+
+    try:
+        private, public, kid = cps.write_keypair(out_dir)
+    except OSError as exc:
+        raise _fail(exc) from exc
+    out.print(f"key id {kid}")
+    out.print(f"MODERATION_AUDIT_SIGNING_KEY={private}", soft_wrap=True)
+    out.print(f"MODERATION_AUDIT_VERIFY_KEY={public}", soft_wrap=True)
 
 
 def _bank_conn() -> Any:

@@ -10,15 +10,18 @@ from typing import Annotated
 
 import typer
 
-from moderation.cli import admin, client_cmds
+from moderation.cli import admin, callbacks_cmds, client_cmds, ingest_cmds, tenants_cmds
 from moderation.cli.common import err, redact, settings
 from moderation.cli.supervise import celery_worker_argv, run_until_stopped, supervise_gpu_workers, visible_gpus
-from moderation.queue import CPU_QUEUES, Q_GPU
+from moderation.queue import CALLBACK_POOL, CPU_QUEUES, Q_CALLBACKS, Q_GPU
 
 app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=True, add_completion=False)
 app.add_typer(admin.keys_app, name="keys")
+app.add_typer(tenants_cmds.tenants_app, name="tenants")
 app.add_typer(admin.audit_app, name="audit")
 app.add_typer(admin.bank_app, name="bank")
+app.add_typer(callbacks_cmds.callbacks_app, name="callbacks")
+app.add_typer(ingest_cmds.ingest_app, name="ingest")
 app.command()(client_cmds.submit)
 app.command()(client_cmds.scan)
 
@@ -32,7 +35,7 @@ def migrate() -> None:
 
     s = settings()
     upgrade(s)
-    err.print(f"[green]migrated[/] {redact(s.db_url)}")
+    err.print(f"[green]migrated[/] {redact(s.migrate_db_url)}")
 
 
 @app.command()
@@ -72,6 +75,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker. Without options: the CPU queues (ingest, lite analyzers, decide, ...).
+    `-Q callbacks`: the webhook deliveries, in a thread pool (MODERATION_CALLBACK_CONCURRENCY threads).
 
     --gpus starts one worker process per GPU (CUDA_VISIBLE_DEVICES=i, named gpu<i>@host) on the
     `analyze.gpu` queue, each with a thread pool feeding its micro-batcher. --device cpu runs one
@@ -81,6 +85,10 @@ def worker(
         err.print("[red]--gpus and --device exclude each other[/]")
         raise typer.Exit(2)
     if gpus is None and device is None:
+        if queues == Q_CALLBACKS:  # webhook deliveries wait on receivers: many threads, not processes
+            threads = concurrency or s.callback_concurrency
+            argv = celery_worker_argv(queues, threads, pool or CALLBACK_POOL, name, loglevel)
+            os.execvp(argv[0], argv)
         argv = celery_worker_argv(queues or ALL_QUEUES, concurrency or 2, pool or "prefork", name, loglevel)
         os.execvp(argv[0], argv)
     # A VLM worker: threads keep several tasks in flight for the micro-batcher; the model is
@@ -157,7 +165,7 @@ def up(
     concurrency: int = 2,
     host: str = "127.0.0.1",
 ) -> None:
-    """Run the whole pipeline on this machine: migrations, API, worker, beat and Flower.
+    """Run the whole pipeline on this machine: migrations, API, workers (CPU, callbacks), beat and Flower.
 
     With no DATABASE_URL / REDIS_URL it runs embedded (SQLite and a filesystem broker under var/).
     A child that exits is restarted with backoff; Ctrl-C (or SIGTERM) stops everything.
@@ -179,13 +187,30 @@ def up(
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
     py = sys.executable
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The owner's credentials were for the migration above; the services log in as the service role.
+    owner_only = ("MODERATION_MIGRATE_DATABASE_URL", "MODERATION_SERVICE_DB_PASSWORD")
+    env = {k: v for k, v in os.environ.items() if k not in owner_only} | {"PYTHONUNBUFFERED": "1"}
     commands = {
         "api": [py, "-m", "moderation.cli", "api", "--host", host, "--port", str(port)],
         "worker": [py, "-m", "moderation.cli", "worker", "-c", str(concurrency), "--loglevel", "warning"],
+        # Webhooks in their own pool: a receiver that answers slowly holds a callback thread only.
+        "callbacks": [
+            py,
+            "-m",
+            "moderation.cli",
+            "worker",
+            "-Q",
+            Q_CALLBACKS,
+            "-n",
+            "callbacks@%h",
+            "--loglevel",
+            "warning",
+        ],
         "beat": [py, "-m", "moderation.cli", "beat", "--loglevel", "warning"],
         "flower": [py, "-m", "celery", "-A", "workers.app", "flower", f"--address={host}", f"--port={flower_port}"],
     }
+    if s.ingest_url:  # queue-side ingest for platforms (RabbitMQ or Redis accounts)
+        commands["gateway"] = [py, "-m", "moderation.cli", "ingest", "serve", "--loglevel", "warning"]
     mode = "embedded (SQLite + filesystem broker under var/)" if s.embedded else "services"
     err.print(f"[bold green]moderation is up[/] — {mode}")
     err.print(f"  API      http://{host}:{port}   (docs: http://{host}:{port}/docs)")

@@ -16,6 +16,13 @@ def insert_ignore(conn: Connection, table: Table) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
+def upsert(conn: Connection, table: Table, keys: list[str], values: dict[str, Any]) -> None:
+    """Insert `values`, or update the row whose `keys` match (ON CONFLICT DO UPDATE on both dialects)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in values}))
+
+
 def relaxed_commit(conn: Connection) -> None:
     """Let this transaction's commit return before its WAL record is flushed (PostgreSQL).
 

@@ -61,12 +61,19 @@ tenants = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("default_policy", String(64), nullable=True),
-    # The tenant's webhook signing secret (HMAC needs it in the clear); the previous one still
-    # signs, beside it, for a grace period after a rotation. Unset: the deployment's secret.
-    Column("callback_secret", String(80), nullable=True),
+    # The tenant's webhook signing secret (HMAC needs it in the clear), random and its own from
+    # creation; the previous one still signs, beside it, for a grace period after a rotation.
+    Column("callback_secret", String(80), nullable=False),
     Column("callback_secret_prev", String(80), nullable=True),
     timestamp("callback_secret_rotated_at", nullable=True),
+    # Its callback receivers' rules: plain http allowed, and the private networks (JSON list of
+    # CIDR strings) a receiver may resolve to; everything else non-public is refused.
+    Column("callback_allow_http", Boolean, nullable=False, default=False),
+    Column("callback_private_networks", JSON, nullable=False, default=lambda: []),
     timestamp("created_at", nullable=False, default=utcnow),
+    # Policies a submission may name (JSON list; the tenant's default is always allowed).
+    # NULL: every policy the deployment ships (tenants made before allow-lists existed).
+    Column("allowed_policies", JSON, nullable=True),
 )
 
 api_keys = Table(
@@ -78,6 +85,34 @@ api_keys = Table(
     Column("prefix", String(24), nullable=False),
     Column("roles", JSON, nullable=False),
     Column("label", String(200), nullable=True),
+    timestamp("created_at", nullable=False, default=utcnow),
+    # In the future: a rotated key still valid until then (the grace period).
+    timestamp("revoked_at", nullable=True),
+    # Written behind, at most once a minute per key and process (moderation.access.auth).
+    timestamp("last_used_at", nullable=True),
+)
+
+# One row, bumped in the transaction of every change that must reach the in-process key caches
+# (revocation, rotation, a tenant's policies): each process polls it at most every
+# key_revocation_poll_s and drops its caches when it moved.
+access_epoch = Table(
+    "access_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+    timestamp("changed_at", nullable=False),
+)
+
+# Queue-side ingest: a platform's broker account (RabbitMQ user, or Redis ACL user) and the
+# tenant whose submissions it may publish. The broker authenticates the account; the gateway
+# maps it to the tenant. `secret` signs Redis messages (HMAC; RabbitMQ vouches for its users).
+ingest_accounts = Table(
+    "ingest_accounts",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("tenant_id", String(64), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("transport", String(8), nullable=False),
+    Column("secret", String(80), nullable=True),
     timestamp("created_at", nullable=False, default=utcnow),
     timestamp("revoked_at", nullable=True),
 )
@@ -116,6 +151,8 @@ submissions = Table(
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_submissions_tenant_idem"),
     Index("ix_submissions_status_updated", "status", "updated_at"),
     Index("ix_submissions_tenant_created", "tenant_id", "created_at"),
+    # The blobs a tenant may name on the queue (its own uploads), and its history of one image.
+    Index("ix_submissions_tenant_sha256", "tenant_id", "sha256"),
 )
 
 findings = Table(
@@ -200,6 +237,33 @@ audit_heads = Table(
     Column("tenant_id", String(64), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("last_hash", String(64), nullable=False),
+)
+
+# Signed checkpoints of the chains (moderation.audit.checkpoint): Ed25519 over (tenant, seq,
+# head hash, time), made with a key the database never holds. A copy here for the API; the
+# anchor that survives a database superuser is the copy kept outside (file, checkpoint dir).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    timestamp("signed_at", nullable=False),
+    Column("key_id", String(64), nullable=False),  # sha256 of the raw public key, hex
+    Column("signature", String(128), nullable=False),  # base64url, unpadded
+    Index("ix_audit_checkpoints_tenant_seq", "tenant_id", "seq"),
+)
+
+# Liveness by progress: when each worker process last finished a task (written behind, every few
+# seconds, by the process itself). A worker that is up but consumes nothing shows here, not in `ps`.
+worker_progress = Table(
+    "worker_progress",
+    metadata,
+    Column("worker", String(200), primary_key=True),
+    Column("queues", String(500), nullable=False),
+    Column("tasks", BigInteger, nullable=False),
+    timestamp("last_finished_at", nullable=False),
 )
 
 dead_letters = Table(

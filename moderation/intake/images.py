@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import imagehash
@@ -25,6 +28,38 @@ from moderation.errors import ModerationError
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (camera multi-picture)
 
 
+# Bytes per pixel of a decoded frame, by Pillow mode (what the header promises the decode will hold).
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2}
+BYTES_PER_PIXEL |= {"I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4}
+BYTES_PER_PIXEL |= {"CMYK": 4, "I": 4, "F": 4}
+
+
+class DecodeBudget:
+    """The memory all concurrent decodes of a process may hold at once: a decode waits for its
+    estimated share (`decode_cost`), so forty threads decoding hostile images cannot add up to
+    forty worst cases. A decode that waits longer than `wait_s` is refused as busy (503)."""
+
+    def __init__(self, capacity: int, wait_s: float = 30.0) -> None:
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        cost = min(cost, self.capacity)  # one decode over the whole budget still runs, alone
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + cost <= self.capacity, timeout=self.wait_s):
+                raise ModerationError("SERVICE_UNAVAILABLE", "Too many large images are being decoded; retry.")
+            self.in_use += cost
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= cost
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int
@@ -32,6 +67,37 @@ class Limits:
     max_frames: int
     max_total_pixels: int
     hash_side: int = 256
+    max_decode_bytes: int = 512 * 1024 * 1024  # one image's decode, estimated from its header
+    budget: DecodeBudget | None = None
+
+
+def return_large_blocks_to_the_os(threshold: int = 1 << 20) -> bool:
+    """Have glibc serve allocations above `threshold` with mmap, always. Pillow holds a large
+    frame in 16 MB blocks; by default glibc raises its mmap threshold to the largest block
+    freed (up to 32 MB), after which such blocks come from per-thread heaps that are not given
+    back, and forty request threads decoding in turn leave gigabytes resident. With a fixed
+    threshold each frame's memory goes back when it is freed, so the decode budget is what the
+    process holds. Returns False where the C library has no mallopt (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, threshold))
+
+
+def decode_cost(im: Image.Image) -> int:
+    """Peak bytes the decode of one frame will hold, from the header (after JPEG draft scaling):
+    the frame in its own mode (a large one is reduced before any conversion, so no full-size
+    copy is made), plus a little for the reduced copies."""
+    width, height = im.size
+    return width * height * BYTES_PER_PIXEL.get(im.mode, 4) + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -91,7 +157,23 @@ def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
                     "DECOMPRESSION_BOMB",
                     f"{frames} frames of {width}x{height} decode to more than {limits.max_total_pixels} pixels.",
                 )
-            thumb = _decode_thumbnail(im, limits.hash_side)
+            if im.format in ("JPEG", "MPO"):
+                # Draft picks the smallest DCT scale (1/2..1/8) that stays >= the requested size.
+                im.draft("RGB", (limits.hash_side, limits.hash_side))
+            cost = decode_cost(im)
+            if cost > limits.max_decode_bytes:
+                raise ModerationError(
+                    "DECOMPRESSION_BOMB",
+                    f"{width}x{height} {im.mode} would take {cost >> 20} MiB to decode; the limit is "
+                    f"{limits.max_decode_bytes >> 20} MiB.",
+                )
+            if limits.budget is None:
+                thumb = _decode_thumbnail(im, limits.hash_side)
+            else:
+                with limits.budget.hold(cost):
+                    thumb = _decode_thumbnail(im, limits.hash_side)
+                    if thumb is not im:
+                        im.close()  # the full-size frame goes while its share of the budget is held
     except ModerationError:
         raise
     except Image.DecompressionBombError as exc:
@@ -122,7 +204,8 @@ def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
 def _count_frames(im: Image.Image, limits: Limits) -> int:
     if not getattr(im, "is_animated", False):
         return 1
-    n = int(getattr(im, "n_frames", 1))
+    # GIF has no frame count: stop at the cap. APNG and WebP say it in the header, TIFF in its IFDs.
+    n = _count_gif_frames(im, limits.max_frames + 1) if im.format == "GIF" else int(getattr(im, "n_frames", 1))
     if n > limits.max_frames:
         raise ModerationError(
             "TOO_MANY_FRAMES", f"{n} frames; the limit is {limits.max_frames}.", limit=limits.max_frames
@@ -130,13 +213,46 @@ def _count_frames(im: Image.Image, limits: Limits) -> int:
     return n
 
 
+def _count_gif_frames(im: Image.Image, stop_at: int) -> int:
+    """Frames of a GIF, counted by seeking, but never past `stop_at` (Pillow's `n_frames` walks
+    them all: seconds of CPU for a 20 MB file of tiny frames)."""
+    n = 1
+    try:
+        while n < stop_at:
+            im.seek(n)
+            n += 1
+    except EOFError:
+        pass
+    im.seek(0)
+    return n
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _decode_thumbnail(im: Image.Image, side: int) -> Image.Image:
-    if im.format in ("JPEG", "MPO"):
-        # Draft picks the smallest DCT scale (1/2..1/8) that stays >= the requested size.
-        im.draft("RGB", (side, side))
     im.seek(0)
     im.load()
-    im = ImageOps.exif_transpose(im) or im
+    if max(im.size) > side * 8:
+        # Reduce first (a box filter works in every mode, 16-bit included), then orient and
+        # convert the small copy: converting or compositing the full-size frame would hold
+        # several copies of it (a 50 Mpx 16-bit PNG: over 1 GB) for a 128 px thumbnail.
+        orientation = im.getexif().get(0x0112)
+        scale = side * 4 / max(im.size)
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        im = im.resize(size, Image.Resampling.BOX)
+        if orientation in _TRANSPOSE:
+            im = im.transpose(_TRANSPOSE[orientation])
+    else:
+        im = ImageOps.exif_transpose(im) or im
     im = to_rgb(im)
     if max(im.size) > side * 2:
         im.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -155,13 +271,18 @@ def to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
+    if mode.startswith("I;16"):
+        # The high byte: 1 byte per pixel of working memory, not the 8 of a float64 copy.
+        high = (np.asarray(im).astype(np.uint16, copy=False) >> 8).astype(np.uint8)
+        return Image.fromarray(high, "L").convert("RGB")
+    if mode in ("I", "F"):
+        arr = np.array(im, dtype=np.float32)  # a copy of our own (F's buffer is read-only), scaled in place
         lo, hi = float(arr.min()), float(arr.max())
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L").convert("RGB")
+        if hi <= lo:
+            return Image.new("RGB", im.size)
+        arr -= lo
+        arr *= 255.0 / (hi - lo)
+        return Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), "L").convert("RGB")
     if mode == "La":
         im = im.convert("LA")
         mode = "LA"

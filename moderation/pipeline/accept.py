@@ -3,6 +3,7 @@ the submission row, then publish (the row is durable before anything is queued).
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from sqlalchemy import Connection, and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from moderation import callbacks
+from moderation.access.ratelimit import Bucket
 from moderation.db.tables import submissions, utcnow
 from moderation.errors import ModerationError
 from moderation.intake.images import inspect_image
@@ -54,20 +56,29 @@ def _check_fields(ctx: Context, req: SubmissionRequest) -> str:
     ):
         check_text(name, value, limit)
     if req.callback_url:
-        try:
-            refused = callbacks.literal_host_refused(req.callback_url)
-        except ValueError:  # no host, a bad port, a name the HTTP client or IDNA cannot use
-            refused = None
-        if refused is None or not _URL.fullmatch(req.callback_url):
+        if not _URL.fullmatch(req.callback_url):
             raise bad("callback_url must be an http(s) URL.", field="callback_url")
-        if refused and not ctx.settings.callback_allow_private:
-            raise bad(
-                "callback_url must point to a public address (MODERATION_CALLBACK_ALLOW_PRIVATE allows others).",
-                field="callback_url",
-            )
+        # What can be known before DNS, under the tenant's receiver rules: the host encodes
+        # (IDNA 2008), https unless the tenant allows http, a literal address or localhost only
+        # in the tenant's private networks. Delivery resolves and checks again, and connects
+        # to the checked address.
+        with ctx.engine.connect() as conn:
+            rules = callbacks.receiver_rules(conn, req.tenant_id)
+        try:
+            callbacks.check_url(req.callback_url, rules)
+        except callbacks.DestinationRefused as exc:
+            raise bad(f"callback_url refused: {exc}.", field="callback_url") from None
     policy_id = req.policy or req.default_policy or ctx.settings.default_policy
     if policy_id not in ctx.policies:
         raise ModerationError("UNKNOWN_POLICY", f"No policy {policy_id!r}; known: {', '.join(sorted(ctx.policies))}.")
+    # The tenant's allow-list (cached per process, like keys): a submitter must not pick a
+    # weaker policy (say `hash-only`) than its tenant was given.
+    if req.policy is not None:
+        tenant = ctx.keys.tenant(req.tenant_id)
+        if tenant is not None and not tenant.allows(policy_id, req.default_policy or ctx.settings.default_policy):
+            raise ModerationError(
+                "POLICY_NOT_ALLOWED", f"Tenant {req.tenant_id!r} may not use policy {policy_id!r}.", field="policy"
+            )
     return policy_id
 
 
@@ -98,6 +109,27 @@ def _same_or_conflict(row: Any, sha256: str) -> dict[str, Any]:
     return {"id": row.id, "status": row.status}
 
 
+def _high_priority_quota(ctx: Context, req: SubmissionRequest) -> None:
+    """`high` jumps every queue: each tenant has a quota of it. Over it, an HTTP submission gets
+    429 (the platform can resend at `normal`); a queue-side one is demoted to `normal`, since a
+    message is never lost for its priority."""
+    s = ctx.settings
+    if req.priority != Priority.HIGH or not s.rate_limit:
+        return
+    wait = ctx.limiter.take([Bucket(f"high:{req.tenant_id}", s.high_priority_per_s, s.high_priority_burst)])
+    if not wait:
+        return
+    if req.source == "queue":
+        req.priority = Priority.NORMAL
+        return
+    raise ModerationError(
+        "RATE_LIMITED",
+        f"Over this tenant's quota of high-priority submissions ({s.high_priority_per_s:g}/s); "
+        "send it at normal priority or retry later.",
+        retry_after_s=max(1, math.ceil(wait)),
+    )
+
+
 def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str, Any], bool]:
     """Validate, store and durably record an upload, then publish it. Returns ({id, status}, created).
 
@@ -105,6 +137,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     (tenant, external_id) or Idempotency-Key returns the first submission (409 if the image differs).
     """
     policy_id = _check_fields(ctx, req)
+    _high_priority_quota(ctx, req)
     info = inspect_image(data, ctx.limits)[0]
     sha256 = info.sha256
     ctx.blobs.put(data, info.sha256)

@@ -76,7 +76,7 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
             current = done + new
             matched = any(f.bank_match and not f.bank_match.get("near") for f in current)
             if not matched and any(s.stage == "cache" for s in policy.cascade) and not analyzed(policy, done):
-                cached = ctx.verdicts.get(policy, sub.sha256, sub.caption)
+                cached = ctx.verdicts.get(policy, sub.tenant_id, sub.sha256, sub.caption)
                 if cached:
                     current, new = current + cached, new + cached
                     outcome["cache_hits"] += 1
@@ -93,7 +93,7 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
     for item in due:  # after commit: cache what the analyzers found (never errors, never a replay)
         fresh = item.policy is not None and analyzed(item.policy, item.found)
         if item.sub.id in decided and fresh and item.policy and not any(f.cached for f in item.found):
-            ctx.verdicts.put(item.policy, item.sub.sha256, item.sub.caption, item.found)
+            ctx.verdicts.put(item.policy, item.sub.tenant_id, item.sub.sha256, item.sub.caption, item.found)
     for sid in decided:
         if sid in with_callback:
             ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from moderation.access.auth import KeyCache
+from moderation.access.ratelimit import Limiter, build_limiter
 from moderation.analyzers.base import Analyzer, analyzer_class, load_analyzer
 from moderation.banks import BankIndex
-from moderation.cache import LocalStore, RedisStore, VerdictCache
+from moderation.cache import VerdictCache, build_store
 from moderation.db.engine import make_engine
 from moderation.intake.blobs import BlobStore
-from moderation.intake.images import Limits
+from moderation.intake.images import DecodeBudget, Limits, return_large_blocks_to_the_os
 from moderation.policy import Policy, Stage, load_policies
 from moderation.queue import IngestBatcher, Publisher
 from moderation.settings import Settings
@@ -35,14 +36,15 @@ class Context:
     limits: Limits
     _analyzers: dict[str, Analyzer] = field(default_factory=dict)
     _keys: KeyCache | None = None
+    _limiter: Limiter | None = None
     _batcher: IngestBatcher | None = None
     _verdicts: VerdictCache | None = None
 
     @property
     def verdicts(self) -> VerdictCache:
         if self._verdicts is None:
-            store = RedisStore(self.settings.redis_url) if self.settings.redis_url else LocalStore()
-            self._verdicts = VerdictCache(store, self.settings)
+            store, mac_key = build_store(self.settings)
+            self._verdicts = VerdictCache(store, self.settings, mac_key)
         return self._verdicts
 
     @property
@@ -55,13 +57,22 @@ class Context:
         return self._batcher
 
     @property
+    def limiter(self) -> Limiter:
+        if self._limiter is None:
+            s = self.settings
+            self._limiter = build_limiter(s.ratelimit_url or s.redis_url)
+        return self._limiter
+
+    @property
     def keys(self) -> KeyCache:
         if self._keys is None:
-            self._keys = KeyCache(self.engine, self.settings.key_cache_ttl_s)
+            s = self.settings
+            self._keys = KeyCache(self.engine, s.key_cache_ttl_s, s.key_revocation_poll_s, s.key_last_used_every_s)
         return self._keys
 
     @classmethod
     def build(cls, settings: Settings, publisher: Publisher | None = None) -> Context:
+        return_large_blocks_to_the_os()  # decoded frames' memory goes back when freed (see there)
         engine = make_engine(settings)
         return cls(
             settings=settings,
@@ -78,6 +89,8 @@ class Context:
                 max_frames=settings.max_frames,
                 max_total_pixels=settings.max_total_pixels,
                 hash_side=settings.hash_side,
+                max_decode_bytes=settings.max_decode_bytes,
+                budget=DecodeBudget(settings.decode_memory_budget, settings.decode_wait_s),
             ),
         )
 

@@ -27,7 +27,7 @@ def reconcile(ctx: Context) -> dict[str, int]:
     # bound it is published anyway, the claim in `callbacks.deliver` makes duplicates harmless.
     s = ctx.settings
     backlog = ctx.publisher.queue_depth(Q_CALLBACKS) not in (0, None)
-    late_s = max(s.stale_after_s * 5, s.visibility_timeout_s * 2) if backlog else s.stale_after_s
+    late_s = max(s.stale_after_s * 5, s.redelivery_after_s * 2) if backlog else s.stale_after_s
     due = callbacks.overdue(ctx.engine, late_s, s.reconcile_batch)
     for sid in due:
         ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)
@@ -49,7 +49,7 @@ def _reconcile_submissions(ctx: Context) -> dict[str, int]:
     now = utcnow()
     s = ctx.settings
     cutoff = now - timedelta(seconds=s.stale_after_s)
-    hard_cutoff = now - timedelta(seconds=max(s.stale_after_s * 5, s.visibility_timeout_s * 2))
+    hard_cutoff = now - timedelta(seconds=max(s.stale_after_s * 5, s.redelivery_after_s * 2))
     with ctx.engine.connect() as conn:
         stale = conn.execute(
             select(submissions.c.id, submissions.c.priority, submissions.c.updated_at, submissions.c.policy_id)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from moderation.db.tables import as_utc, callback_deliveries, dead_letters, review_tasks, submissions, utcnow
+from moderation.db.tables import (
+    as_utc,
+    callback_deliveries,
+    dead_letters,
+    decisions,
+    findings,
+    review_tasks,
+    submissions,
+    utcnow,
+)
 from moderation.vocab import ACTIVE, CallbackStatus, ReviewStatus, SubmissionStatus
 
 #: Submission statuses counted by `moderation_submissions_active`.
@@ -68,3 +77,51 @@ def _age_s(stamp: datetime | None) -> float:
     if stamp is None:
         return 0.0
     return max((utcnow() - as_utc(stamp)).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the pipeline did in the last `window_s`: decisions by action, and how long items took
+    from upload to each stage's finding and to the automated decision (p50, p99)."""
+
+    window_s: float
+    decisions: dict[str, int]
+    stage_latency_s: dict[str, tuple[float, float]]  # stage -> (p50, p99); "decision" for the decision
+
+
+def recent_activity(engine: Engine, window_s: float = 300.0, sample: int = 2000) -> Activity:
+    """Read the last `window_s` (the newest `sample` rows of each kind, so a scrape stays cheap)."""
+    since = utcnow() - timedelta(seconds=window_s)
+    with engine.connect() as conn:
+        by_action: dict[str, int] = dict(
+            conn.execute(
+                select(decisions.c.action, func.count())
+                .where(decisions.c.decided_at > since)
+                .group_by(decisions.c.action)
+            ).all()
+        )
+        stage_rows = conn.execute(
+            select(findings.c.stage, findings.c.created_at, submissions.c.created_at.label("received"))
+            .join(submissions, submissions.c.id == findings.c.submission_id)
+            .where(findings.c.created_at > since)
+            .order_by(findings.c.created_at.desc())
+            .limit(sample)
+        ).all()
+        decision_rows = conn.execute(
+            select(decisions.c.decided_at, submissions.c.created_at.label("received"))
+            .join(submissions, submissions.c.id == decisions.c.submission_id)
+            .where(decisions.c.decided_at > since, decisions.c.automated.is_(True))
+            .order_by(decisions.c.decided_at.desc())
+            .limit(sample)
+        ).all()
+    spans: dict[str, list[float]] = {}
+    for r in stage_rows:
+        spans.setdefault(str(r.stage), []).append((as_utc(r.created_at) - as_utc(r.received)).total_seconds())
+    for d in decision_rows:
+        spans.setdefault("decision", []).append((as_utc(d.decided_at) - as_utc(d.received)).total_seconds())
+    return Activity(window_s, by_action, {k: (_quantile(v, 0.5), _quantile(v, 0.99)) for k, v in spans.items()})
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return max(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 0.0)

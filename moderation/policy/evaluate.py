@@ -176,6 +176,11 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
     if any(f.flags.get("prompt_injection") for f in found) and action in (Action.ALLOW, Action.RESTRICT):
         reasons.append({"code": "prompt_injection"})
         action, why = Action.REVIEW, "prompt_injection"
+    elif any(f.flags.get("moderation_talk") for f in found) and action == Action.ALLOW:
+        # Text about this image's own moderation (a stamp, a plea, a threat to the moderator) comes
+        # in more phrasings than the injection rules know: a person reads it, nothing is blocked.
+        reasons.append({"code": "moderation_talk"})
+        action, why = Action.REVIEW, "moderation_talk"
     covered: set[str] = set()
     for f in found:
         covered |= f.coverage

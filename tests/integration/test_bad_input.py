@@ -62,6 +62,11 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("callback", lambda: picture(3), {"callback_url": "ftp://x"}, 422, "INVALID_REQUEST"),
     ("callback-idna", lambda: picture(3), {"callback_url": "http://xn--zz.com/"}, 422, "INVALID_REQUEST"),
     ("callback-port", lambda: picture(3), {"callback_url": "http://[::1]x/"}, 422, "INVALID_REQUEST"),
+    # Plain http and non-public addresses need the tenant's own receiver rules (acme has none).
+    ("callback-http", lambda: picture(3), {"callback_url": "http://hooks.example.com/"}, 422, "INVALID_REQUEST"),
+    ("callback-private", lambda: picture(3), {"callback_url": "https://10.0.0.1/"}, 422, "INVALID_REQUEST"),
+    ("callback-metadata", lambda: picture(3), {"callback_url": "https://169.254.169.254/"}, 422, "INVALID_REQUEST"),
+    ("callback-joiner", lambda: picture(3), {"callback_url": "https://a\u200db.example/"}, 422, "INVALID_REQUEST"),
     ("caption", lambda: picture(4), {"caption": "x" * 10_001}, 422, "INVALID_REQUEST"),
 ]
 

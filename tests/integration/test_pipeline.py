@@ -175,10 +175,12 @@ def test_health_ready_metrics(client, keys, worker) -> None:
     assert "/v1/submissions" in client.get("/openapi.json").json()["paths"]
 
 
-def test_unknown_route_and_method_are_json_errors(client) -> None:
-    r = client.get("/v1/nope")
+def test_unknown_route_and_method_are_json_errors(client, keys) -> None:
+    r = client.get("/v1/nope")  # without a key nothing under /v1/ answers, not even "no such route"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+    r = client.get("/v1/nope", headers=auth(keys["submitter"]))
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
-    r = client.delete("/v1/submissions")
+    r = client.delete("/v1/submissions", headers=auth(keys["submitter"]))
     assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 

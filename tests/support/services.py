@@ -19,6 +19,8 @@ import pytest
 REQUIRE = os.environ.get("MODERATION_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes")
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# The verdict cache's own database (a deployment gives it its own instance, memory-bounded).
+CACHE_URL = os.environ.get("TEST_CACHE_URL", "redis://127.0.0.1:6379/10")
 
 
 def unavailable(what: str, exc: BaseException) -> None:

@@ -97,8 +97,15 @@ def test_app_services_share_the_anchor(services):
         expected = "moderation-gpu:latest" if name == "worker-gpu-0" else services["api"]["image"]
         assert svc.get("image") == expected, name
         env = svc["environment"]
-        assert env["DATABASE_URL"].startswith("postgresql://moderation:"), name
+        # Services log in as the service role (it cannot rewrite the audit log); only migrate as the owner.
+        assert env["DATABASE_URL"].startswith("postgresql://moderation_service:"), name
         assert env["DATABASE_URL"].endswith("@postgres:5432/moderation"), name
+        owner_url = env.get("MODERATION_MIGRATE_DATABASE_URL")
+        if name == "migrate":
+            assert owner_url and owner_url.startswith("postgresql://moderation:"), name
+            assert "${MODERATION_SERVICE_DB_PASSWORD:?" in env["MODERATION_SERVICE_DB_PASSWORD"]
+        else:
+            assert owner_url is None and "MODERATION_SERVICE_DB_PASSWORD" not in env, name
         assert env["REDIS_URL"] == "redis://redis:6379/0", name
         assert env["MODERATION_VAR_DIR"] == "/data", name
         if name != "migrate":

@@ -823,3 +823,11 @@ def test_malformed_findings_are_caught(finding):
 
 def test_wellformed_finding_passes():
     assert model({"hate": 0.2}).problem() is None
+
+
+def test_moderation_talk_keeps_an_image_from_being_allowed_automatically():
+    assert evaluate(POLICY, [model({"sexual": 0.1})]).action == "allow"
+    d = evaluate(POLICY, [model({"sexual": 0.1}, flags={"moderation_talk": True})])
+    assert d.action == "review" and d.review_reason == "moderation_talk"
+    # weaker evidence than an injection: it never softens, nor hardens, a restriction or a block
+    assert evaluate(POLICY, [model({"sexual": 0.75}, flags={"moderation_talk": True})]).action == "restrict"

@@ -100,7 +100,7 @@ class VlmAnalyzer(Analyzer):
         )
         # An item waits for at most the batch ahead of it, then its own answer and retry; and
         # below the broker's visibility timeout, after which the message would be redelivered.
-        self.timeout_s = min(3 * self.engine.max_call_s, 0.8 * s.visibility_timeout_s) + s.vlm_batch_wait_ms / 1000
+        self.timeout_s = min(3 * self.engine.max_call_s, 0.8 * s.analyze_time_limit_s) + s.vlm_batch_wait_ms / 1000
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from moderation import audit
 from moderation.api.deps import Auth, Ctx
+from moderation.audit import checkpoint as checkpoints
 from moderation.audit.search import EventFilter, search_events
 from moderation.intake.text import check_text
 
@@ -38,8 +39,20 @@ def audit_events_list(
 
 
 @router.get("/v1/audit/verify")
-def audit_verify(ctx: Ctx, who: Auth) -> dict[str, Any]:
-    """Walk the tenant's hash chain; `first_break` names the first row that does not verify."""
+def audit_verify(
+    ctx: Ctx,
+    who: Auth,
+    checkpoint: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
+) -> dict[str, Any]:
+    """Walk the tenant's hash chain; `first_break` names the first row that does not verify.
+
+    `checkpoint` (a stored checkpoint's id, or the base64url of a checkpoint file) also proves
+    the log still extends that signed checkpoint: signed by the configured verify key, this
+    tenant's, and the row at its seq unchanged. The answer then has `checkpoint` with `ok` and
+    `reason`; a stored id of another tenant answers 404."""
     who.require("auditor")
     with ctx.engine.connect() as conn:
-        return audit.verify(conn, who.tenant_id).to_json()
+        if checkpoint is None:
+            return audit.verify(conn, who.tenant_id).to_json()
+        cp = checkpoints.resolve(conn, who.tenant_id, checkpoint)
+        return checkpoints.verify_with_settings(conn, who.tenant_id, cp, ctx.settings).to_json()

@@ -49,12 +49,13 @@ def bank_add_images(
 ) -> dict[str, Any]:
     """Hash images (same validation as submissions) and add them to the bank."""
     who.require("admin")
-    datas = [(f.filename, f.file.read(ctx.settings.max_upload_bytes + 1)) for f in files]
+    # Decoded before the transaction: the audit append holds the tenant's chain lock until commit.
+    entries = [
+        banks.image_entry(ctx.limits, f.file.read(ctx.settings.max_upload_bytes + 1), label or f.filename)
+        for f in files
+    ]
     with ctx.engine.begin() as conn:
-        ids = [
-            banks.add_image(conn, ctx.limits, who.tenant_id, name, data, label or filename, who.key_id)
-            for filename, data in datas
-        ]
+        ids = banks.add_entries(conn, who.tenant_id, name, entries, who.key_id)
     return {"added": len(ids), "entry_ids": ids}
 
 

@@ -1,0 +1,106 @@
+"""What both transports share: account lookup, decoding, and retrying a message until it is
+stored or rejected (a database outage keeps it unacknowledged, never loses it)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from moderation.access.ingest import IngestAccount, lookup
+from moderation.errors import ModerationError
+from moderation.pipeline.context import Context
+from moderation.pipeline.queue_message import record_rejection, submit_message
+from moderation.ttl import Missing, TTLCache
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, ctx: Context, stop: threading.Event | None = None, account_ttl_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.stop = stop or threading.Event()
+        # A revoked account stops within this time.
+        self._accounts: TTLCache[str, IngestAccount | None] = TTLCache(account_ttl_s, max_items=10_000)
+        self.handled = 0
+
+    def max_body(self) -> int:
+        return self.ctx.settings.max_upload_bytes * 4 // 3 + 64 * 1024
+
+    def account(self, name: str | None) -> IngestAccount | None:
+        if not name:
+            return None
+        found = self._accounts.get(name)
+        if isinstance(found, Missing):
+            with self.ctx.engine.connect() as conn:
+                found = lookup(conn, name)
+            self._accounts.set(name, found)
+        return found
+
+    def handle(self, account_name: str | None, body: bytes, transport: str, signature: str | None = None) -> Any:
+        """One message, once. Raises what is worth retrying (database/broker faults)."""
+        account = self.account(account_name)
+        if account is not None and account.transport != transport:
+            account = None  # a Redis account's name on RabbitMQ, or the other way round
+        tenant = account.tenant_id if account else None
+        if len(body) > self.max_body():
+            exc = ModerationError("IMAGE_TOO_LARGE", "The message is over the upload size cap.")
+            record_rejection(self.ctx, tenant, None, exc)
+            return {"rejected": exc.code}
+        try:
+            message = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            exc = ModerationError("INVALID_MESSAGE", "The message is not JSON.")
+            record_rejection(self.ctx, tenant, None, exc)
+            return {"rejected": exc.code}
+        if account is not None and transport == "redis":
+            expected = hmac.new((account.secret or "").encode(), body, hashlib.sha256).hexdigest()
+            if not account.secret or not hmac.compare_digest(expected, signature or ""):
+                exc = ModerationError("UNAUTHENTICATED", "The message's signature does not verify.")
+                record_rejection(self.ctx, tenant, message, exc)
+                return {"rejected": exc.code}
+        return submit_message(self.ctx, account, message)
+
+    def give_up(self, account_name: str | None, body: bytes, why: str) -> bool:
+        """Record a message that no gateway could finish (a poison input that kills or hangs the
+        process that parses it): dead-lettered with the reason, never tried again. False when
+        asked to stop before it was recorded (the caller leaves it unacknowledged)."""
+        try:
+            message = json.loads(body) if len(body) <= self.max_body() else None
+        except (ValueError, UnicodeDecodeError):
+            message = None
+        exc = ModerationError("IMAGE_CORRUPT", f"The message was given up: {why}.")
+        log.error("queue-side message of %s given up: %s", account_name, why)
+
+        def record() -> bool:
+            account = self.account(account_name)
+            record_rejection(self.ctx, account.tenant_id if account else None, message, exc)
+            return True
+
+        return self._until_done(record) is not None
+
+    def handle_until_done(
+        self, account_name: str | None, body: bytes, transport: str, signature: str | None = None
+    ) -> Any:
+        """`handle`, retried with backoff (1 s doubling to 30 s) while the database or broker is
+        down. Returns None when asked to stop first: the caller then leaves the message
+        unacknowledged, and the broker gives it to the next gateway."""
+        outcome = self._until_done(lambda: self.handle(account_name, body, transport, signature))
+        if outcome is not None:
+            self.handled += 1
+        return outcome
+
+    def _until_done(self, step: Callable[[], Any]) -> Any:
+        delay = 1.0
+        while True:
+            try:
+                return step()
+            except Exception as exc:  # a fault outside the message: it is still ours to store
+                log.warning("queue-side submission not stored yet (retrying in %.0f s): %s", delay, exc)
+                if self.stop.wait(delay):
+                    return None
+                delay = min(delay * 2, 30.0)
