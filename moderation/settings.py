@@ -130,10 +130,10 @@ class Settings(BaseSettings):
     # `rate_limit_tenants` gives a tenant its own per-key rate: {"acme": 1000}.
     rate_limit: bool = True
     ratelimit_url: str | None = None
-    rate_limit_key_per_s: float = 200.0
-    rate_limit_key_burst: float = 400.0
-    rate_limit_ip_per_s: float = 400.0
-    rate_limit_ip_burst: float = 800.0
+    rate_limit_key_per_s: float = 1000.0
+    rate_limit_key_burst: float = 2000.0
+    rate_limit_ip_per_s: float = 2000.0
+    rate_limit_ip_burst: float = 4000.0
     rate_limit_auth_failures_per_s: float = 1.0
     rate_limit_auth_failures_burst: float = 20.0
     rate_limit_tenants: dict[str, float] = Field(default_factory=dict)

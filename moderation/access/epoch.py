@@ -10,6 +10,7 @@ the embedded SQLite alike, with no broker or Redis involved.
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from moderation.db.sql import insert_ignore
 from moderation.db.tables import access_epoch, utcnow
@@ -40,14 +41,23 @@ def poll(engine: Engine) -> int:
     on SQLite a SQLAlchemy connection would BEGIN IMMEDIATE (moderation.db.engine) and so wait
     for, and take, the database's write lock twice a second in every process; this read never
     waits for a writer (WAL). On PostgreSQL it is the same one-row read."""
-    raw = engine.raw_connection()
     try:
-        cursor = raw.cursor()
+        raw = engine.raw_connection()
         try:
-            cursor.execute(f"SELECT epoch FROM {access_epoch.name} WHERE id = {_ROW}")
-            row = cursor.fetchone()
+            cursor = raw.cursor()
+            try:
+                cursor.execute(f"SELECT epoch FROM {access_epoch.name} WHERE id = {_ROW}")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
         finally:
-            cursor.close()
-    finally:
-        raw.close()  # back to the pool, which rolls back what psycopg2 opened
+            raw.close()  # back to the pool, which rolls back what psycopg2 opened
+    except DBAPIError:
+        raise
+    except Exception as exc:
+        # The driver's own error (a bare DBAPI connection is not wrapped by SQLAlchemy): wrap it,
+        # so that callers see the database unavailable (503), as for any other query.
+        if isinstance(exc, engine.dialect.loaded_dbapi.Error):
+            raise OperationalError(f"SELECT epoch FROM {access_epoch.name}", {}, exc) from exc
+        raise
     return int(row[0]) if row and row[0] is not None else 0

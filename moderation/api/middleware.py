@@ -3,9 +3,11 @@ rate limits) and the request body cap."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import anyio.to_thread
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +18,8 @@ from moderation.api.errors import error_response
 from moderation.errors import ModerationError
 from moderation.pipeline.context import Context
 from moderation.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -43,6 +47,11 @@ class Admission:
                 break
         try:
             principal: Principal = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, authorization)
+        except DBAPIError as exc:  # outside the app's exception handlers: answer as they would
+            log.error("authentication: database unavailable: %s", exc)
+            response = error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
+            await response(scope, receive, send)
+            return
         except ModerationError as exc:
             if exc.code == "UNAUTHENTICATED" and s.rate_limit:
                 bucket = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)

@@ -26,6 +26,8 @@ def _audit(conn: Connection, tenant_id: str, actor: str, category: str | None, f
 
 
 def _bank_row(conn: Connection, tenant_id: str, name: str) -> Any:
+    if not _NAME.fullmatch(name):  # no such bank can exist (and NUL never reaches the driver)
+        raise ModerationError("NOT_FOUND", "No such bank.")
     row = conn.execute(select(banks).where(and_(banks.c.tenant_id == tenant_id, banks.c.name == name))).first()
     if row is None:
         raise ModerationError("NOT_FOUND", f"No bank {name!r}.")
@@ -167,11 +169,11 @@ def parse_hash_list(text: str) -> list[dict[str, Any]]:
     if not lines:
         raise ModerationError("INVALID_REQUEST", "The hash list is empty.")
     dialect = "excel-tab" if "\t" in lines[0] else "excel"
-    first = [c.strip().lower() for c in next(csv.reader([lines[0]], dialect=dialect))]
-    header = first if "pdq" in first or "sha256" in first else None
-    reader = csv.reader(lines[1:] if header else lines, dialect=dialect)
     out: list[dict[str, Any]] = []
     try:
+        first = [c.strip().lower() for c in next(csv.reader([lines[0]], dialect=dialect), [])]
+        header = first if "pdq" in first or "sha256" in first else None
+        reader = csv.reader(lines[1:] if header else lines, dialect=dialect)
         rows = list(enumerate(reader, start=2 if header else 1))
     except csv.Error as exc:
         raise ModerationError("INVALID_REQUEST", f"The hash list is not valid CSV/TSV: {exc}") from exc
@@ -192,7 +194,7 @@ def parse_hash_list(text: str) -> list[dict[str, Any]]:
                 "pdq": pdq,
                 "sha256": sha,
                 "phash": (cols.get("phash") or "").strip() or None,
-                "label": (cols.get("label") or "").strip() or None,
+                "label": _unguard((cols.get("label") or "").strip()) or None,
             }
         )
     return out
@@ -235,6 +237,20 @@ def list_entries(
     return [{**dict(r._mapping), "created_at": r.created_at.isoformat() if r.created_at else None} for r in rows]
 
 
+# A cell a spreadsheet would run as a formula (=, +, -, @, and tab or CR before them).
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _guard(cell: str) -> str:
+    """CSV injection: a label opened in a spreadsheet must stay text ('=HYPERLINK(…)' → "'=HYPERLINK(…)")."""
+    return "'" + cell if cell.startswith(_FORMULA) else cell
+
+
+def _unguard(cell: str) -> str:
+    """What `_guard` added, taken off on import: an export imports back unchanged."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA) else cell
+
+
 def export_hash_list(conn: Connection, tenant_id: str, bank: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -242,6 +258,6 @@ def export_hash_list(conn: Connection, tenant_id: str, bank: str) -> str:
     after = 0
     while rows := list_entries(conn, tenant_id, bank, after, 5000):
         for r in rows:
-            w.writerow([r["pdq"] or "", r["label"] or "", r["sha256"] or "", r["phash"] or ""])
+            w.writerow([r["pdq"] or "", _guard(r["label"] or ""), r["sha256"] or "", r["phash"] or ""])
         after = rows[-1]["id"]
     return buf.getvalue()

@@ -20,6 +20,29 @@ from moderation.ttl import Missing, TTLCache
 log = logging.getLogger(__name__)
 
 
+def _transient() -> tuple[type[BaseException], ...]:
+    """Faults of the database or the broker: the message is still ours to store, later."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, TimeoutError
+
+    return (
+        OperationalError,
+        InterfaceError,
+        DisconnectionError,
+        TimeoutError,
+        KombuOperationalError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        ConnectionError,
+        OSError,
+    )
+
+
+TRANSIENT = _transient()
+
+
 class Gateway:
     def __init__(self, ctx: Context, stop: threading.Event | None = None, account_ttl_s: float = 1.0) -> None:
         self.ctx = ctx
@@ -53,8 +76,8 @@ class Gateway:
             return {"rejected": exc.code}
         try:
             message = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            exc = ModerationError("INVALID_MESSAGE", "The message is not JSON.")
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the parser's limit too
+            exc = ModerationError("INVALID_MESSAGE", "The message is not JSON (or nests too deep).")
             record_rejection(self.ctx, tenant, None, exc)
             return {"rejected": exc.code}
         if account is not None and transport == "redis":
@@ -71,7 +94,7 @@ class Gateway:
         asked to stop before it was recorded (the caller leaves it unacknowledged)."""
         try:
             message = json.loads(body) if len(body) <= self.max_body() else None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             message = None
         exc = ModerationError("IMAGE_CORRUPT", f"The message was given up: {why}.")
         log.error("queue-side message of %s given up: %s", account_name, why)
@@ -83,13 +106,35 @@ class Gateway:
 
         return self._until_done(record) is not None
 
+    def _refuse(self, account_name: str | None, body: bytes, exc: Exception) -> Any:
+        """A message that fails in a way no retry will change (a bug, a value the database
+        refuses): rejected with the reason, so it neither blocks the consumer nor is lost."""
+        log.exception("queue-side message of %s cannot be processed", account_name, exc_info=exc)
+        account = self.account(account_name)
+        error = ModerationError("INVALID_MESSAGE", f"The message cannot be processed ({type(exc).__name__}).")
+        try:
+            message = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            message = None
+        record_rejection(self.ctx, account.tenant_id if account else None, message, error)
+        return {"rejected": error.code, "message": error.message}
+
     def handle_until_done(
         self, account_name: str | None, body: bytes, transport: str, signature: str | None = None
     ) -> Any:
         """`handle`, retried with backoff (1 s doubling to 30 s) while the database or broker is
         down. Returns None when asked to stop first: the caller then leaves the message
         unacknowledged, and the broker gives it to the next gateway."""
-        outcome = self._until_done(lambda: self.handle(account_name, body, transport, signature))
+
+        def attempt() -> Any:
+            try:
+                return self.handle(account_name, body, transport, signature)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # not the database or the broker: retrying changes nothing
+                return self._refuse(account_name, body, exc)
+
+        outcome = self._until_done(attempt)
         if outcome is not None:
             self.handled += 1
         return outcome

@@ -51,7 +51,7 @@ def _unwrap(raw: bytes) -> tuple[bytes, str | None]:
         body, sig = envelope["body"], envelope.get("sig")
         if isinstance(body, str) and (sig is None or isinstance(sig, str)):
             return body.encode(), sig
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return raw, None  # not an envelope: the signature check rejects it
 

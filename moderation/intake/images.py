@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -180,8 +181,19 @@ def inspect_image(data: bytes, limits: Limits) -> tuple[ImageInfo, Image.Image]:
         raise ModerationError("DECOMPRESSION_BOMB", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ModerationError("UNSUPPORTED_MEDIA_TYPE") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
-        # Pillow's decoders signal broken data with any of these.
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        KeyError,
+        TypeError,
+        struct.error,
+        ArithmeticError,
+    ) as exc:
+        # Pillow's decoders signal broken data with any of these (a GIF whose frame descriptor is
+        # cut short: struct.error; a header field that divides by zero: ArithmeticError).
         raise ModerationError("IMAGE_CORRUPT", f"Image cannot be decoded: {exc}") from exc
     except (MemoryError, RuntimeError) as exc:
         raise ModerationError("DECOMPRESSION_BOMB", f"Image is too costly to decode: {exc}") from exc
@@ -277,6 +289,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(high, "L").convert("RGB")
     if mode in ("I", "F"):
         arr = np.array(im, dtype=np.float32)  # a copy of our own (F's buffer is read-only), scaled in place
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # NaN/inf pixels: black, not arbitrary
         lo, hi = float(arr.min()), float(arr.max())
         if hi <= lo:
             return Image.new("RGB", im.size)

@@ -16,7 +16,7 @@ from moderation.db.sql import relaxed_commit
 from moderation.db.tables import submissions
 from moderation.pipeline.context import Context
 from moderation.pipeline.finalize import attempt_budget, dead_letter, finalize_many
-from moderation.pipeline.findings import Due, count_attempts, insert_findings, stored_findings
+from moderation.pipeline.findings import Due, count_attempts, insert_findings, not_yet_received, stored_findings
 from moderation.policy import Stage
 from moderation.policy.cascade import analyzed, next_stage
 from moderation.queue import Q_CALLBACKS, T_ANALYZE, T_CALLBACK
@@ -54,11 +54,14 @@ def advance(ctx: Context, submission_ids: list[str] | str, count_attempt: bool =
         with_callback = {r.id for r in rows if r.callback_url}
         # A first delivery has no stored findings: skip the round trip for those.
         first = {r.id for r in rows if count_attempt and r.attempts == 1}
+        # A later one may follow a first whose transaction never committed (worker killed, the
+        # database restarted after the count): its `received` event is still to be written.
+        unreceived = not_yet_received(conn, [r.id for r in rows if r.id not in first]) if count_attempt else set()
         stored = stored_findings(conn, [r.id for r in rows if r.id not in first])
         due: list[Due] = []
         route_events: list[tuple[str, audit.Event]] = []
         for sub in rows:
-            events = [received_event(sub)] if sub.id in first else []
+            events = [received_event(sub)] if sub.id in first or sub.id in unreceived else []
             policy = ctx.policies.get(sub.policy_id)
             done = stored.get(sub.id, [])
             if sub.attempts > attempt_budget(ctx, policy):

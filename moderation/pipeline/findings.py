@@ -11,7 +11,7 @@ from moderation import audit
 from moderation.analyzers.base import Finding
 from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore, relaxed_commit
-from moderation.db.tables import findings, submissions, utcnow
+from moderation.db.tables import audit_events, findings, submissions, utcnow
 from moderation.pipeline.context import Context
 from moderation.policy import Policy
 from moderation.vocab import ACTIVE, SubmissionStatus
@@ -36,6 +36,18 @@ def start_attempt(ctx: Context, submission_id: str) -> SubmissionRow | None:
         relaxed_commit(conn)  # losing this increment in a crash only loses one count
         rows = count_attempts(conn, [submission_id])
         return rows[0] if rows else None
+
+
+def not_yet_received(conn: Connection, submission_ids: list[str]) -> set[str]:
+    """Those of `submission_ids` whose `received` event is not in the log yet."""
+    if not submission_ids:
+        return set()
+    seen = conn.execute(
+        select(audit_events.c.submission_id).where(
+            and_(audit_events.c.submission_id.in_(submission_ids), audit_events.c.action == "received")
+        )
+    ).scalars()
+    return set(submission_ids) - set(seen)
 
 
 def stored_findings(conn: Connection, submission_ids: list[str]) -> dict[str, list[Finding]]:

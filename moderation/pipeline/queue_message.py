@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from sqlalchemy import and_, insert, select
@@ -14,6 +15,7 @@ from moderation import audit
 from moderation.access.ingest import IngestAccount
 from moderation.db.tables import dead_letters, submissions, utcnow
 from moderation.errors import ModerationError
+from moderation.intake.text import check_text, printable
 from moderation.pipeline.accept import SubmissionRequest, accept
 from moderation.pipeline.context import Context
 
@@ -22,6 +24,7 @@ FIELDS = frozenset({*TEXT_FIELDS, "image_b64", "blob_sha256"})
 # What a rejection keeps of the message (the append-only log must not take whatever a platform sends).
 _KEPT = ("external_id", "uploader_id", "priority", "policy")
 _KEPT_CHARS = 256
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def submit_message(ctx: Context, account: IngestAccount | None, message: Any) -> dict[str, Any]:
@@ -39,11 +42,15 @@ def submit_message(ctx: Context, account: IngestAccount | None, message: Any) ->
         unknown = sorted(set(message) - FIELDS)
         if unknown:
             # `api_key` included: credentials never travel in messages (and are never recorded).
-            shown = ", ".join(u[:40] for u in unknown[:5] if isinstance(u, str))
+            shown = ", ".join(printable(u, 40) for u in unknown[:5])
             raise ModerationError("INVALID_MESSAGE", f"Unknown fields: {shown}.")
         for name in TEXT_FIELDS:
             if message.get(name) is not None and not isinstance(message[name], str):
                 raise ModerationError("INVALID_MESSAGE", f"{name} must be a string.")
+            try:
+                check_text(name, message.get(name), 100_000)
+            except ModerationError as exc:
+                raise ModerationError("INVALID_MESSAGE", exc.message) from None
         external_id = message.get("external_id")
         if not external_id:
             raise ModerationError("INVALID_MESSAGE", "external_id (a string) is required on the queue.")
@@ -87,9 +94,9 @@ def _own_blob(ctx: Context, tenant_id: str, sha256: Any) -> bytes:
     """The bytes of a blob this tenant stored (an image it submitted before). Another tenant's
     blob is answered exactly like one that does not exist: naming a hash must not tell a tenant
     what others uploaded, nor get it an analysis of bytes it never had."""
-    name = sha256 if isinstance(sha256, str) else repr(sha256)
-    missing = ModerationError("BLOB_NOT_FOUND", f"No blob {name[:80]}.")
-    if not isinstance(sha256, str) or len(sha256) != 64:
+    name = printable(sha256 if isinstance(sha256, str) else repr(sha256), 80)
+    missing = ModerationError("BLOB_NOT_FOUND", f"No blob {name}.")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         raise missing
     with ctx.engine.connect() as conn:
         known = conn.execute(
@@ -110,7 +117,7 @@ def _own_blob(ctx: Context, tenant_id: str, sha256: Any) -> bytes:
 def _kept(message: Any) -> dict[str, str]:
     if not isinstance(message, dict):
         return {}
-    return {k: message[k][:_KEPT_CHARS] for k in _KEPT if isinstance(message.get(k), str)}
+    return {k: printable(message[k], _KEPT_CHARS) for k in _KEPT if isinstance(message.get(k), str)}
 
 
 def record_rejection(ctx: Context, tenant: str | None, message: Any, exc: ModerationError) -> None:
@@ -122,12 +129,12 @@ def record_rejection(ctx: Context, tenant: str | None, message: Any, exc: Modera
             insert(dead_letters).values(
                 submission_id=None,
                 task="submit",
-                error=f"{exc.code}: {exc.message}"[:1000],
+                error=printable(f"{exc.code}: {exc.message}", 1000),
                 attempts=1,
                 payload=safe,
                 created_at=utcnow(),
             )
         )
         if tenant:
-            facts = {"code": exc.code, "message": exc.message[:500], "puid": safe.get("external_id")}
+            facts = {"code": exc.code, "message": printable(exc.message, 500), "puid": safe.get("external_id")}
             audit.append(conn, tenant, [audit.Event("rejected", actor="queue", automated=True, facts=facts)])

@@ -270,3 +270,23 @@ def test_banked_meme_copy_is_blocked_without_ocr(client, keys, worker, ctx) -> N
             "/v1/audit/events", params={"submission_id": sid, "action": "analyzed"}, headers=auth(keys["auditor"])
         ).json()["events"]
         assert [e["facts"]["stage"] for e in events] == ["banks"]  # the OCR stage never ran
+
+
+def test_received_is_logged_when_the_first_ingest_never_committed(client, keys, ctx) -> None:
+    """A worker killed (or the database restarted) between the attempt count's commit and the
+    ingest transaction: the redelivery still writes the submission's one `received` event.
+    Found by bench/chaos.py; before, the event was written only when attempts == 1."""
+    from moderation.pipeline.advance import advance
+    from moderation.pipeline.findings import count_attempts
+
+    sid = submit(client, keys["submitter"], picture(5401), policy="hash-only")["id"]
+    with ctx.engine.begin() as conn:
+        count_attempts(conn, [sid])  # the first delivery counted itself, then died
+    advance(ctx, [sid])
+    with ctx.engine.connect() as conn:
+        actions = list(conn.execute(select(audit_events.c.action).where(audit_events.c.submission_id == sid)).scalars())
+    assert actions.count("received") == 1 and actions.count("decided") == 1, actions
+    advance(ctx, [sid])  # and a third delivery adds nothing
+    with ctx.engine.connect() as conn:
+        again = list(conn.execute(select(audit_events.c.action).where(audit_events.c.submission_id == sid)).scalars())
+    assert again == actions
