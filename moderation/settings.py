@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # then the dead-letter table. Which receivers a tenant may use (plain http, private
     # networks) is the tenant's setting (`moderation callbacks receivers`), never a deployment's.
     callback_secret_grace_s: float = 86_400.0  # after a rotation, the old secret signs too for this long
+    # Private networks a tenant's admin may open for its receivers through the API (JSON list of
+    # CIDRs; empty: none, the operator sets them with `moderation callbacks receivers`).
+    callback_tenant_networks: list[str] = Field(default_factory=list)
     callback_timeout_s: float = 10.0  # each phase; the whole request is bounded by 3x this
     callback_max_attempts: int = 10
     callback_backoff_s: float = 2.0
@@ -139,6 +142,9 @@ class Settings(BaseSettings):
     rate_limit_tenants: dict[str, float] = Field(default_factory=dict)
     high_priority_per_s: float = 10.0
     high_priority_burst: float = 100.0
+    # Proxies whose X-Forwarded-For the API believes (comma-separated addresses, "*" for any):
+    # unset, none, and the client address is the connection's.
+    forwarded_allow_ips: str | None = None
     # /metrics answers only with `Authorization: Bearer <metrics_token>` when set.
     metrics_token: str | None = None
     # /readyz and the /metrics gauges read the database and broker at most this often.

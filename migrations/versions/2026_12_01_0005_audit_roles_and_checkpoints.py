@@ -188,7 +188,10 @@ def _guards(schema: str) -> None:
                 RAISE EXCEPTION 'audit_heads: no event % of % with that hash', NEW.seq, NEW.tenant_id
                     USING ERRCODE = 'insufficient_privilege';
             END IF;
-            IF EXISTS (SELECT 1 FROM audit_events e WHERE e.tenant_id = NEW.tenant_id AND e.seq > NEW.seq) THEN
+            -- max(seq) of one tenant: a backward step on the (tenant_id, seq) unique index. (An EXISTS
+            -- on seq > NEW.seq was planned on the (tenant_id, occurred_at) index and read the whole
+            -- chain on every append: 2,400 rows per submission in the pipeline benchmark.)
+            IF (SELECT max(e.seq) FROM audit_events e WHERE e.tenant_id = NEW.tenant_id) > NEW.seq THEN
                 RAISE EXCEPTION 'audit_heads: events of % lie past seq %', NEW.tenant_id, NEW.seq
                     USING ERRCODE = 'insufficient_privilege';
             END IF;

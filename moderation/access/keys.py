@@ -17,6 +17,7 @@ from moderation.access import epoch
 from moderation.access.auth import ROLES, digest
 from moderation.db.tables import api_keys, as_utc, iso, tenants, utcnow
 from moderation.errors import ModerationError
+from moderation.intake.text import check_text
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # ids are 12 hex digits; junk is not looked up
 MAX_GRACE_S = 30 * 86_400.0  # a rotated key kept alive longer than this is a second key, not a rotation
@@ -41,6 +42,7 @@ def create_key(conn: Connection, tenant_id: str, roles: list[str], label: str | 
     roles = _check_roles(roles)
     if label is not None and len(label) > 200:
         raise ModerationError("INVALID_REQUEST", "label is at most 200 characters.", field="label")
+    check_text("label", label, 200)
     ensure_tenant(conn, tenant_id)
     key_id, key = _insert_key(conn, tenant_id, roles, label)
     audit.append(

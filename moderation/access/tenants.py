@@ -25,6 +25,7 @@ from moderation.access import epoch
 from moderation.access.keys import ensure_tenant
 from moderation.db.tables import iso, tenants
 from moderation.errors import ModerationError
+from moderation.intake.text import check_text
 
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -67,6 +68,7 @@ def get_tenant(conn: Connection, tenant_id: str, *, lock: bool = False) -> dict[
 def _check_name(name: str | None) -> None:
     if name is not None and not 0 < len(name) <= 200:
         raise ModerationError("INVALID_REQUEST", "name must have 1 to 200 characters.", field="name")
+    check_text("name", name, 200)  # no NUL, controls or lone surrogates (the database refuses them)
 
 
 def _check_default(default_policy: str | None, known: Collection[str]) -> None:

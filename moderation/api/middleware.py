@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import time
 
 import anyio.to_thread
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +22,7 @@ from moderation.pipeline.context import Context
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
+_GUESSING = "Too many requests with unknown keys."
 
 
 class Admission:
@@ -32,6 +35,8 @@ class Admission:
         self.app = app
         self.ctx = ctx
         self.settings: Settings = ctx.settings
+        # Addresses refused for guessing keys, until when: refused again without a database lookup.
+        self._blocked: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -45,6 +50,9 @@ class Admission:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
+        if self._blocked.get(address, 0.0) > time.monotonic():  # guessing keys: not even a lookup
+            await self._limited(scope, receive, send, self._blocked[address] - time.monotonic(), _GUESSING)
+            return
         try:
             principal: Principal = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, authorization)
         except DBAPIError as exc:  # outside the app's exception handlers: answer as they would
@@ -57,7 +65,10 @@ class Admission:
                 bucket = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
                 wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, [bucket])
                 if wait:
-                    await self._limited(scope, receive, send, wait, "Too many requests with unknown keys.")
+                    if len(self._blocked) > 100_000:
+                        self._blocked.clear()
+                    self._blocked[address] = time.monotonic() + wait
+                    await self._limited(scope, receive, send, wait, _GUESSING)
                     return
             response = error_response(exc.code, exc.message, exc.http_status, exc.data or None)
             await response(scope, receive, send)
@@ -69,6 +80,8 @@ class Admission:
                 Bucket(f"key:{principal.key_id}", rate, burst),
                 Bucket(f"ip:{address}", s.rate_limit_ip_per_s, s.rate_limit_ip_burst),
             ]
+            if principal.tenant_id in s.rate_limit_tenants:  # the tenant's rate, whatever keys it mints
+                buckets.append(Bucket(f"tenant:{principal.tenant_id}", rate, burst))
             wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, buckets)
             if wait:
                 await self._limited(scope, receive, send, wait, "Over the request rate of this key or address.")
@@ -83,21 +96,28 @@ class Admission:
         await response(scope, receive, send)
 
 
+# Routes that take uploads; every other body (JSON) is small.
+_UPLOADS = re.compile(r"^/v1/(?:submissions|banks/[^/]+/(?:images|hashes))/?$")
+JSON_BODY_LIMIT = 1024 * 1024
+
+
 class BodyLimit:
-    """Refuse bodies over the upload cap while they stream in, before any multipart parsing or
-    spooling (a missing or lying Content-Length does not get past it)."""
+    """Refuse bodies over their cap while they stream in, before any parsing or spooling (a
+    missing or lying Content-Length does not get past it): the upload cap on upload routes,
+    1 MiB on the rest, for every method that can carry a body."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.upload_limit if _UPLOADS.match(scope["path"]) else JSON_BODY_LIMIT
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit)
             return
         seen = 0
 
@@ -105,13 +125,13 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise StarletteHTTPException(413, f"Request body is over {self.limit} bytes.")
+            if seen > limit:
+                raise StarletteHTTPException(413, f"Request body is over {limit} bytes.")
             return message
 
         await self.app(scope, counted, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         metrics.SUBMISSIONS.labels("rejected", "IMAGE_TOO_LARGE").inc()
-        response = error_response("IMAGE_TOO_LARGE", f"Request body is over {self.limit} bytes.", 413)
+        response = error_response("IMAGE_TOO_LARGE", f"Request body is over {limit} bytes.", 413)
         await response(scope, receive, send)

@@ -168,13 +168,14 @@ class Checkpoint:
             raise ValueError("signature")
         try:
             when = datetime.fromisoformat(str(signed_at))
-        except ValueError as exc:
+            if when.tzinfo is None:
+                raise ValueError("signed_at has no time zone")
+            when = as_utc(when)  # a time at the calendar's edge overflows here
+        except (ValueError, OverflowError) as exc:
             raise ValueError("signed_at") from exc
-        if when.tzinfo is None:
-            raise ValueError("signed_at has no time zone")
         raw_id = data.get("id")
         stored = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
-        return cls(tenant_id, seq, head_hash, as_utc(when), kid, signature, stored)
+        return cls(tenant_id, seq, head_hash, when, kid, signature, stored)
 
 
 def _b64(raw: bytes) -> str:

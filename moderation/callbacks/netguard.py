@@ -34,6 +34,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_NETWORKS = 64
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Not public although Python's `is_global` says so: local-use NAT64 (RFC 8215: a gateway maps its
+# last 32 bits to any IPv4 address, metadata and loopback included) and site-local (deprecated,
+# still routed inside some networks).
+_NOT_PUBLIC_V6 = (ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("fec0::/10"))
 _V4_COMPAT = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
 # Reached only when a tenant lists a network inside them. The smallest range holding an address
 # is the one its allowing network must fit in: a metadata address needs its own /32 (/128).
@@ -232,6 +236,8 @@ def address_allowed(ip: IPAddress, networks: Sequence[IPNetwork] = ()) -> bool:
             return True
         if any(ip in net for net in _V4_COMPAT):
             return False  # deprecated IPv4-compatible / SIIT forms: never a public receiver
+        if any(ip in net for net in _NOT_PUBLIC_V6):
+            return False
     elif _listed(ip, networks):
         return True
     return ip.is_global and not ip.is_multicast and _in_sensitive(ip) is None

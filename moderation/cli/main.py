@@ -48,6 +48,7 @@ def api(
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    s = settings()
     uvicorn.run(
         "moderation.api.app:create_app",
         factory=True,
@@ -56,7 +57,10 @@ def api(
         workers=workers,
         log_level=log_level,
         access_log=False,
-        proxy_headers=True,
+        # X-Forwarded-For is believed only from the proxies named here (the load balancer): the
+        # client address is what rate limits and the audit trail key on.
+        proxy_headers=bool(s.forwarded_allow_ips),
+        forwarded_allow_ips=s.forwarded_allow_ips or None,
     )
 
 

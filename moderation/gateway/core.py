@@ -84,7 +84,9 @@ class Gateway:
             expected = hmac.new((account.secret or "").encode(), body, hashlib.sha256).hexdigest()
             if not account.secret or not hmac.compare_digest(expected, signature or ""):
                 exc = ModerationError("UNAUTHENTICATED", "The message's signature does not verify.")
-                record_rejection(self.ctx, tenant, message, exc)
+                # Not the tenant's (whoever pushed it lacks its secret): a dead letter, not an event
+                # in the tenant's own audit chain.
+                record_rejection(self.ctx, None, message, exc)
                 return {"rejected": exc.code}
         return submit_message(self.ctx, account, message)
 

@@ -192,3 +192,51 @@ def test_bank_images_are_decoded_outside_the_chain_lock(client, keys, chain_lock
     r = client.post("/v1/banks/abuse-lock/images", headers=admin, files=files)
     assert r.status_code == 201 and r.json()["added"] == 3
     assert chain_lock_probe == ["free", "free", "free"]  # before: the 2nd and 3rd decoded under the lock
+
+
+def test_a_tenant_admin_opens_only_networks_the_operator_allows(ctx, keys) -> None:
+    """Found by review: a tenant's admin key could point its callbacks at 169.254.169.254 or
+    the operator's 10/8. Through the API it may now open only MODERATION_CALLBACK_TENANT_NETWORKS."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from moderation.api.app import create_app
+
+    strict = dataclasses.replace(ctx, settings=ctx.settings.model_copy(update={"callback_tenant_networks": []}))
+    with TestClient(create_app(strict.settings, strict)) as c:
+        for network in ("169.254.169.254/32", "10.0.0.0/8", "127.0.0.1/32", "fd00:ec2::254/128"):
+            r = c.put("/v1/callbacks/receivers", headers=auth(keys["admin"]), json={"private_networks": [network]})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN", r.text
+        assert c.put("/v1/callbacks/receivers", headers=auth(keys["admin"]), json={}).status_code == 200
+
+
+def test_json_bodies_are_capped_before_the_role_check(client, keys) -> None:
+    """Found by review: PATCH bodies had no cap (a submitter sent 300 MiB to an admin route)."""
+    big = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    for method in ("PATCH", "PUT", "POST", "DELETE"):
+        r = client.request(
+            method,
+            "/v1/admin/tenant",
+            headers={**auth(keys["submitter"]), "Content-Type": "application/json"},
+            content=big,
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "IMAGE_TOO_LARGE", (method, r.status_code)
+
+
+def test_a_tenants_rate_holds_across_its_keys(procs, ctx) -> None:
+    """Found by review: the per-tenant rate was per key; an admin minting keys multiplied it."""
+    from moderation.access.keys import create_key
+
+    with ctx.engine.begin() as conn:
+        minted = [create_key(conn, "slow-co", ["submitter"]) for _ in range(6)]
+    base = api(
+        procs,
+        MODERATION_RATE_LIMIT_TENANTS='{"slow-co": 1}',
+        MODERATION_RATE_LIMIT_KEY_PER_S="1",
+        MODERATION_RATE_LIMIT_KEY_BURST="2",
+        MODERATION_RATELIMIT_URL="",
+    )
+    with httpx.Client(base_url=base, timeout=10) as http:
+        answers = [http.get("/v1/submissions/nope", headers=auth(k)).status_code for k in minted for _ in range(2)]
+    assert answers.count(404) <= 3 and answers.count(429) >= 9, answers  # not 12 (two per key)

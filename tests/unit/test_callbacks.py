@@ -393,3 +393,14 @@ def test_callbacks_have_their_own_worker() -> None:
     hooks = services["worker-callbacks"]["command"]
     assert hooks[hooks.index("-Q") + 1] == queue.Q_CALLBACKS
     assert hooks[hooks.index("--pool") + 1] == "threads"
+
+
+@pytest.mark.parametrize("address", ["64:ff9b:1::a9fe:a9fe", "64:ff9b:1::7f00:1", "fec0::1", "fec0:1::5"])
+def test_local_nat64_and_site_local_are_not_public(address: str) -> None:
+    """Found by review: Python calls these global; a NAT64 gateway of the local-use prefix
+    reaches 169.254.169.254 or 127.0.0.1 behind them."""
+    import ipaddress
+
+    from moderation.callbacks.netguard import address_allowed
+
+    assert not address_allowed(ipaddress.ip_address(address))

@@ -3,6 +3,7 @@ receiver rules (plain http, private networks)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from fastapi import APIRouter
@@ -55,5 +56,20 @@ def callback_receivers_put(body: ReceiverRulesIn, ctx: Ctx, who: Auth) -> dict[s
         rules = callbacks.ReceiverRules.parse(body.allow_http, body.private_networks)
     except ValueError as exc:
         raise ModerationError("INVALID_REQUEST", f"private_networks: {exc}.", field="private_networks") from None
+    # A tenant's admin key is a tenant's credential: it opens only networks the operator lets
+    # tenants open (MODERATION_CALLBACK_TENANT_NETWORKS); the operator's CLI sets any.
+    ceiling = [ipaddress.ip_network(n, strict=False) for n in ctx.settings.callback_tenant_networks]
+    outside = [
+        str(net)
+        for net in rules.private_networks
+        if not any(net.version == top.version and net.subnet_of(top) for top in ceiling)  # type: ignore[arg-type]
+    ]
+    if outside:
+        raise ModerationError(
+            "FORBIDDEN",
+            f"private_networks {', '.join(outside)} are outside what the operator lets tenants open "
+            "(MODERATION_CALLBACK_TENANT_NETWORKS); ask the operator (`moderation callbacks receivers`).",
+            field="private_networks",
+        )
     with ctx.engine.begin() as conn:
         return callbacks.set_receiver_rules(conn, who.tenant_id, rules, actor=who.key_id).to_json()
