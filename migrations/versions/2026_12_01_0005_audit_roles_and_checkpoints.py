@@ -157,6 +157,9 @@ def _guards(schema: str) -> None:
         f"""
         CREATE OR REPLACE FUNCTION audit_heads_forward_only() RETURNS trigger
         SET search_path = {schema}, pg_temp
+        -- Plan its queries on every call: a plan cached while the chain was empty (a seq or
+        -- time-index scan) would read the whole chain on every append once it has grown.
+        SET plan_cache_mode = force_custom_plan
         AS $$
         BEGIN
             IF TG_OP IN ('DELETE', 'TRUNCATE') THEN
