@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.pipeline import image_set  # noqa: E402
+from bench.pipeline import image_set, multipart  # noqa: E402
 
 TENANT = "bench"
 SERVICE_ROLE = "moderation_service"  # the LOGIN role the migrations create (moderation.db.migrate)
@@ -526,21 +526,6 @@ class UniqueImages:
         return base[:2] + segment + base[2:]  # right after SOI
 
 
-def _multipart(data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
-    boundary = f"bench{random.getrandbits(64):016x}"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), boundary
-
-
 class _Conn:
     """One keep-alive HTTP/1.1 connection; any failure closes it (the caller retries on a new one)."""
 
@@ -558,7 +543,7 @@ class _Conn:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
-        body, boundary = _multipart(data, fields)
+        body, boundary = multipart(data, fields)
         head = (
             f"POST /v1/submissions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.key}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -42,23 +42,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import REPO, TENANT, LoadGen, Stack, UniqueImages, queue_depths, until
+from bench.common import run_header
 
 RESULTS = REPO / "bench" / "results"
 PRE_WINDOW_S = 20
@@ -536,9 +532,7 @@ def main() -> int:
 
         RESULTS.mkdir(parents=True, exist_ok=True)
         result = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-            "config": {k: str(v) for k, v in vars(args).items()},
+            **run_header(args),
             "reconcile_interval_s": reconcile_s,
             "stale_after_s": stale_s,
             "load": summary,

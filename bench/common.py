@@ -25,3 +25,18 @@ def pct(values: list[float], p: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def run_header(args: Any) -> dict[str, Any]:
+    """When, where and with what a run was made: the head of every results file."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    import psutil
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "config": {k: str(v) for k, v in vars(args).items()},
+    }

@@ -46,7 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import REPO, TENANT, LoadGen, Stack, UniqueImages, cpu_s, queue_depths, rss_mb, until
-from bench.common import pct
+from bench.common import pct, run_header
 
 RESULTS = REPO / "bench" / "results"
 PIPELINE = ("api", "worker1", "worker2", "callbacks", "beat")  # the trees whose RSS must stay flat
@@ -347,9 +347,7 @@ def main() -> int:
             )
         print(f"\nRSS flat: {'yes' if rss_flat else 'NO'}; rate reached: {'yes' if reached else 'NO'}")
         result = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-            "config": {k: str(v) for k, v in vars(args).items()},
+            **run_header(args),
             "warmup_s": warmup,
             "load": summary,
             "accepted_per_s": round(accepted_rate, 1),

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select, update
 
-from moderation.access import digest, revoke_key
+from moderation.access import revoke_key
 from moderation.access.keys import create_key
 from moderation.audit import checkpoint as cps
-from moderation.db.tables import api_keys, audit_events, utcnow
+from moderation.db.tables import api_keys, audit_events
 from moderation.settings import Settings
 from tests.support.banks import bank_changes_applied
 from tests.support.http import auth, submit, wait_final
@@ -96,19 +96,8 @@ def matrix_api(service_env: dict[str, str], signing: dict[str, Path]) -> Iterato
 def _key_without_roles(conn: Any, tenant_id: str, label: str) -> str:
     """A key holding no role at all (create_key refuses one; a row edited by hand, or a role
     removed later, can still look like this): it must get 403 everywhere, not 500."""
-    key_id = secrets.token_hex(6)
-    key = f"mk_{key_id}_{secrets.token_urlsafe(24)}"
-    conn.execute(
-        insert(api_keys).values(
-            id=key_id,
-            tenant_id=tenant_id,
-            key_hash=digest(key),
-            prefix=f"mk_{key_id}",
-            roles=[],
-            label=label,
-            created_at=utcnow(),
-        )
-    )
+    key = create_key(conn, tenant_id, ["submitter"], label=label)
+    conn.execute(update(api_keys).where(api_keys.c.id == key.split("_", 2)[1]).values(roles=[]))
     return key
 
 
