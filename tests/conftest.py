@@ -58,6 +58,18 @@ def redis_client() -> Any:
     cache.flushdb()
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_limits(request: pytest.FixtureRequest) -> None:
+    """Each test starts with full rate-limit buckets: the limits are per client address, and
+    every test calls from 127.0.0.1, so one test's unknown keys must not get the next one 429s."""
+    if "redis_client" not in request.fixturenames:
+        return
+    client = request.getfixturevalue("redis_client")
+    stale = list(client.scan_iter("moderation:rl:*", count=1000))
+    if stale:
+        client.delete(*stale)
+
+
 @pytest.fixture(scope="session")
 def policies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("policies")

@@ -78,17 +78,22 @@ class KeyCache:
         self._generation = 0
         self.last_used = LastUsedWriter(engine, last_used_every_s)
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The caller of `Authorization: Bearer <key>`.
+    def authenticate(self, authorization: str | None, lookup: bool = True) -> Principal:
+        """The caller of `Authorization: Bearer <key>`. With `lookup` False only a key this
+        process holds in its cache is known (an address guessing keys costs no database read,
+        while the keys in use from it still work).
 
-        Raises ModerationError UNAUTHENTICATED for a missing, unknown, revoked or expired key;
-        a database error when the access epoch cannot be read (fail closed: 503)."""
+        Raises ModerationError UNAUTHENTICATED for a missing, unknown, revoked or expired key
+        (and, without `lookup`, for one not in the cache); a database error when the access
+        epoch cannot be read (fail closed: 503)."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ModerationError("UNAUTHENTICATED", "Send 'Authorization: Bearer <key>'.")
         key = authorization[7:].strip()
         h = digest(key)
         self._sync()
         principal = self._entries.get(h)
+        if isinstance(principal, Missing) and not lookup:
+            raise ModerationError("UNAUTHENTICATED", "Unknown key (not looked up for this address now).")
         if isinstance(principal, Missing):
             generation = self._generation
             principal = self._load(h)

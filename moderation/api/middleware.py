@@ -50,17 +50,22 @@ class Admission:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        if self._blocked.get(address, 0.0) > time.monotonic():  # guessing keys: not even a lookup
-            await self._limited(scope, receive, send, self._blocked[address] - time.monotonic(), _GUESSING)
-            return
+        # An address guessing keys gets no database lookup for a while: only keys this process
+        # already knows (in use from there, say behind the same NAT) go on.
+        blocked_for = self._blocked.get(address, 0.0) - time.monotonic()
         try:
-            principal: Principal = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, authorization)
+            principal: Principal = await anyio.to_thread.run_sync(
+                self.ctx.keys.authenticate, authorization, blocked_for <= 0
+            )
         except DBAPIError as exc:  # outside the app's exception handlers: answer as they would
             log.error("authentication: database unavailable: %s", exc)
             response = error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
             await response(scope, receive, send)
             return
         except ModerationError as exc:
+            if blocked_for > 0:
+                await self._limited(scope, receive, send, blocked_for, _GUESSING)
+                return
             if exc.code == "UNAUTHENTICATED" and s.rate_limit:
                 bucket = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
                 wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, [bucket])

@@ -33,11 +33,13 @@ from moderation.callbacks.netguard import DestinationRefused, parse_destination,
 from moderation.callbacks.receivers import receiver_rules
 from moderation.callbacks.signing import sign, signing_secrets
 from moderation.db.tables import as_utc, callback_deliveries, dead_letters, utcnow
+from moderation.intake.text import printable
 from moderation.settings import Settings
 from moderation.submissions.status import view
 from moderation.vocab import CallbackStatus
 
 log = logging.getLogger(__name__)
+_DEAD_LETTER_CHARS = 1000  # a dead letter keeps bounded facts: an error or a URL is cut here
 
 PENDING, DELIVERED, FAILED = CallbackStatus.PENDING, CallbackStatus.DELIVERED, CallbackStatus.FAILED
 # A retry due sooner than this goes back to Celery with a countdown (well under any broker
@@ -230,9 +232,9 @@ def _give_up(engine: Engine, row: Any, attempt: int, error: str, status: int | N
             insert(dead_letters).values(
                 submission_id=row.submission_id,
                 task="callback",
-                error=error,
+                error=printable(error, _DEAD_LETTER_CHARS),
                 attempts=attempt,
-                payload={"delivery_id": row.id, "url": row.url, "event": row.event},
+                payload={"delivery_id": row.id, "url": printable(row.url, _DEAD_LETTER_CHARS), "event": row.event},
                 created_at=utcnow(),
             )
         )

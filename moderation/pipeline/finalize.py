@@ -17,6 +17,7 @@ from moderation.audit.events import analyzed_event, dead_lettered_event, decided
 from moderation.db.rows import SubmissionRow
 from moderation.db.sql import insert_ignore
 from moderation.db.tables import AUTOMATED, dead_letters, decisions, submissions, utcnow
+from moderation.intake.text import printable
 from moderation.pipeline.context import Context
 from moderation.pipeline.findings import Due, insert_findings
 from moderation.policy import Decision, Policy, evaluate, qa_draw
@@ -149,9 +150,14 @@ def _insert_decisions(conn: Connection, due: list[Due], decided: dict[str, Decis
 def dead_letter(conn: Connection, sub: SubmissionRow, task: str, error: str) -> Event:
     """Record the give-up in the dead-letter table; returns its audit event. The caller then
     fails the submission closed to review (never lost, never allowed)."""
+    error = printable(error, 1000)  # bounded facts only: an exception's text can be anything
     conn.execute(
         insert(dead_letters).values(
-            submission_id=sub.id, task=task, error=error, attempts=int(sub.attempts), created_at=utcnow()
+            submission_id=sub.id,
+            task=task,
+            error=error,
+            attempts=int(sub.attempts),
+            created_at=utcnow(),
         )
     )
     return dead_lettered_event(sub, task, error)

@@ -194,7 +194,7 @@ def world(matrix_api: tuple[Any, Any, Any], worker: Any, signing: dict[str, Path
     client, ctx, _ = matrix_api
     run = secrets.token_hex(4)
     b, b_pending = _make_tenant(client, ctx.engine, f"matrix-b-{run}", 7100, "10.123.231.0/24", victim=True)
-    a, a_pending = _make_tenant(client, ctx.engine, f"matrix-a-{run}", 7200, "198.51.100.0/24", victim=False)
+    a, a_pending = _make_tenant(client, ctx.engine, f"matrix-a-{run}", 7200, "192.0.2.0/24", victim=False)
     # A holds its own copy of B's claim image (its hashes are then A's data too), and B's banked
     # image: B's bad bank must not block it (a bank is the tenant's own).
     bank_changes_applied(ctx, b.id)
@@ -395,7 +395,8 @@ def test_tenancy_and_role_matrix(matrix_api: tuple[Any, Any, Any], world: World)
 
 def test_a_flood_of_unknown_keys_is_rate_limited(service_env: dict[str, str], keys: dict[str, str]) -> None:
     """With the default limits on: one address guessing keys gets 429 (Retry-After) once its
-    burst is spent; a valid key from the same address still gets through; /metrics is public
+    burst is spent, and keys the API does not already know are then refused without a lookup;
+    a valid key in use from the same address still gets through; /metrics is public
     when no token is configured."""
     from fastapi.testclient import TestClient
 
@@ -408,12 +409,16 @@ def test_a_flood_of_unknown_keys_is_rate_limited(service_env: dict[str, str], ke
     burst = int(settings.rate_limit_auth_failures_burst)
     try:
         with TestClient(create_app(settings, own), client=(address, 50000)) as c:
+            # a platform's key in use from this address (behind the same NAT as the guesser, say)
+            assert c.get(f"/v1/submissions/{'0' * 32}", headers=auth(keys["submitter"])).status_code == 404
             answers = [c.get(f"/v1/submissions/{'0' * 32}", headers=auth(f"mk_0_guess{i}")) for i in range(burst + 15)]
             codes = [r.status_code for r in answers]
             assert codes[:burst] == [401] * burst and set(codes) <= {401, 429} and 429 in codes, codes
             limited = next(r for r in answers if r.status_code == 429)
             assert error_shape_problem(limited) is None and code_of(limited) == "RATE_LIMITED"
             assert int(limited.headers["Retry-After"]) >= 1
+            unknown_here = c.get(f"/v1/submissions/{'0' * 32}", headers=auth(keys["auditor"]))
+            assert unknown_here.status_code == 429, unknown_here.text  # not looked up while the address guesses
             valid = c.get(f"/v1/submissions/{'0' * 32}", headers=auth(keys["submitter"]))
             assert valid.status_code == 404 and code_of(valid) == "NOT_FOUND", valid.text
             assert c.get("/metrics").status_code == 200

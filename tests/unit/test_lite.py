@@ -31,7 +31,7 @@ def test_threat_meme_scores_harassment(lite) -> None:
     f = run(lite, meme(template(1), "MEET ME OUTSIDE", "YOU WILL REGRET IT"))
     assert f.ocr_text == "MEET ME OUTSIDE YOU WILL REGRET IT"
     assert f.scores["harassment"] >= 0.7 and f.confidence >= 0.6
-    assert f.flags == {"text_in_image": True, "meme": True, "prompt_injection": False}
+    assert f.flags == {"text_in_image": True, "meme": True, "prompt_injection": False, "moderation_talk": False}
     assert "regret" in f.rationale["harassment"].lower()  # the rule or the embedding, quoting the text
 
 
