@@ -32,3 +32,10 @@ STAGE_LATENCY = Gauge(
 WORKER_IDLE = Gauge(
     "moderation_worker_last_progress_seconds", "Seconds since each worker process last finished a task", ["worker"]
 )
+REVIEW_BACKLOG = Gauge("moderation_review_backlog", "Review tasks not yet decided, by queue", ["queue"])
+REVIEW_OLDEST = Gauge(
+    "moderation_review_oldest_open_seconds", "Age of the oldest review task not yet decided, by queue", ["queue"]
+)
+REVIEW_BREACHES = Gauge(
+    "moderation_review_sla_breaches", "Review tasks that went past their due time (SLA), by queue", ["queue"]
+)

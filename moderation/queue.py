@@ -57,6 +57,7 @@ T_DECIDE = "moderation.decide"
 T_RECONCILE = "moderation.reconcile"
 T_CALLBACK = "moderation.callback"
 T_AUDIT_CHECKPOINT = "moderation.audit_checkpoint"
+T_REVIEW_UPKEEP = "moderation.review_upkeep"
 
 # Redis transport: lower number = served first.
 
@@ -104,12 +105,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             T_DECIDE: {"queue": Q_DECIDE},
             T_RECONCILE: {"queue": Q_MAINT},
             T_AUDIT_CHECKPOINT: {"queue": Q_MAINT},
+            T_REVIEW_UPKEEP: {"queue": Q_MAINT},
             T_CALLBACK: {"queue": Q_CALLBACKS},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         "beat_schedule": {
             "reconcile": {"task": T_RECONCILE, "schedule": settings.reconcile_interval_s},
+            # Review leases that ran out go back to their queues; overdue tasks move up.
+            "review-upkeep": {"task": T_REVIEW_UPKEEP, "schedule": settings.review_upkeep_interval_s},
             # Signed audit checkpoints, one per tenant (daily by default), where a key is set.
             **(
                 {"audit-checkpoint": {"task": T_AUDIT_CHECKPOINT, "schedule": settings.audit_checkpoint_interval_s}}

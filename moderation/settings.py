@@ -168,6 +168,21 @@ class Settings(BaseSettings):
     audit_checkpoint_dir: Path | None = None
     audit_checkpoint_interval_s: float = 86_400.0
 
+    # Human review. A claim is a lease of review_lease_s (heartbeat extends it; an expired lease
+    # returns the task to its queue). Appeals may be filed for appeal_window_days after the
+    # decision (the DSA asks for at least six months) and are due within appeal_sla from the
+    # policy. golden_rate: the share of `next` answers that are golden items. A moderator's
+    # reveals of graphic originals past exposure_budget_per_hour make `next` serve non-graphic
+    # tasks first and the console suggest a break.
+    review_lease_s: float = 600.0
+    appeal_window_days: int = Field(default=183, ge=183)
+    golden_rate: float = Field(default=0.02, ge=0, le=1)
+    exposure_budget_per_hour: int = Field(default=30, ge=0)
+    review_upkeep_interval_s: float = 60.0  # beat: expired leases back to their queues, SLA ageing
+    review_safe_side: int = 256  # the long side of the blurred, greyscale derivative
+    # The console's session: how long a sign-in lasts, idle or not.
+    web_session_s: float = 8 * 3600.0
+
     # Workers load (and run once) the analyzers of their queues before taking tasks.
     warmup: bool = True
 

@@ -44,7 +44,26 @@ class Action(StrEnum):
 
 
 class ReviewStatus(StrEnum):
+    """A review task: open (claimable; also a claimed one whose lease ran out), claimed, done."""
+
     OPEN = "open"
+    CLAIMED = "claimed"
+    DONE = "done"
+
+
+class TaskKind(StrEnum):
+    """Why a person looks: the machine was unsure, a QA sample, an appeal, an escalation."""
+
+    REVIEW = "review"
+    QA = "qa"
+    APPEAL = "appeal"
+    ESCALATION = "escalation"
+
+
+class AppealOutcome(StrEnum):
+    UPHELD = "upheld"
+    REVERSED = "reversed"
+    MODIFIED = "modified"
 
 
 class CallbackStatus(StrEnum):

@@ -17,14 +17,23 @@ from celery import Task
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from moderation import callbacks
+from moderation import callbacks, review
 from moderation.audit.checkpoint import checkpoint_all
+from moderation.db.tables import utcnow
 from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
 from moderation.pipeline.advance import advance
 from moderation.pipeline.analyze import analyze as analyze_stage
 from moderation.pipeline.context import Context
 from moderation.pipeline.reconcile import reconcile as reconcile_all
-from moderation.queue import T_ANALYZE, T_AUDIT_CHECKPOINT, T_CALLBACK, T_DECIDE, T_INGEST, T_RECONCILE
+from moderation.queue import (
+    T_ANALYZE,
+    T_AUDIT_CHECKPOINT,
+    T_CALLBACK,
+    T_DECIDE,
+    T_INGEST,
+    T_RECONCILE,
+    T_REVIEW_UPKEEP,
+)
 from workers.app import app, context, settings
 
 log = logging.getLogger("workers.tasks")
@@ -96,3 +105,8 @@ def callback(self: Task, submission_id: str) -> str:
 def audit_checkpoint(self: Task) -> dict[str, Any]:
     ctx = context()
     return dict(checkpoint_all(ctx.engine, ctx.settings))
+
+
+@app.task(name=T_REVIEW_UPKEEP, bind=True, **RETRY)
+def review_upkeep(self: Task) -> dict[str, int]:
+    return review.upkeep(context().engine, utcnow())

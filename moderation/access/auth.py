@@ -25,7 +25,9 @@ from moderation.db.tables import api_keys, as_utc, tenants, utcnow
 from moderation.errors import ModerationError
 from moderation.ttl import Missing, TTLCache
 
-ROLES = ("submitter", "moderator", "auditor", "admin")
+# senior_moderator: a moderator who also decides escalations; restricted_reviewer: the only role
+# that sees the child-safety (restricted) queue, whose tasks do not exist for anyone else.
+ROLES = ("submitter", "moderator", "senior_moderator", "restricted_reviewer", "auditor", "admin")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from moderation import __version__
 from moderation.api import errors
 from moderation.api.middleware import Admission, BodyLimit
-from moderation.api.routers import admin, audit, banks, callbacks, ops, submissions
+from moderation.api.routers import admin, appeals, audit, banks, callbacks, ops, review, submissions
 from moderation.errors import CATALOGUE
 from moderation.pipeline.context import Context
 from moderation.settings import Settings
@@ -29,6 +29,15 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 256 * 1024)
     app.add_middleware(Admission, ctx=ctx)  # added last, runs first: nothing reads a body before it
     errors.install(app)
-    for router in (submissions.router, audit.router, callbacks.router, banks.router, admin.router, ops.router):
+    for router in (
+        submissions.router,
+        appeals.router,
+        review.router,
+        audit.router,
+        callbacks.router,
+        banks.router,
+        admin.router,
+        ops.router,
+    ):
         app.include_router(router)
     return app

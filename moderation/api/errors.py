@@ -71,6 +71,7 @@ async def _db_error(_: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable: %s", exc)
         return error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
     if isinstance(exc, IntegrityError):
+        log.info("integrity error answered 409: %s", exc.orig)
         return error_response("CONFLICT", "The resource exists already or was changed concurrently.", 409)
     if isinstance(exc, DataError):
         return error_response("INVALID_REQUEST", "A value does not fit its field.", 422)

@@ -32,7 +32,7 @@ from moderation.callbacks import transport
 from moderation.callbacks.netguard import DestinationRefused, parse_destination, resolve
 from moderation.callbacks.receivers import receiver_rules
 from moderation.callbacks.signing import sign, signing_secrets
-from moderation.db.tables import as_utc, callback_deliveries, dead_letters, utcnow
+from moderation.db.tables import AUTOMATED, appeals, as_utc, callback_deliveries, dead_letters, iso, utcnow
 from moderation.intake.text import printable
 from moderation.settings import Settings
 from moderation.submissions.status import view
@@ -79,6 +79,22 @@ def enqueue(conn: Connection, subs: Iterable[Any], event: str, now: datetime) ->
     if rows:
         conn.execute(insert(callback_deliveries), rows)
     return [str(r["submission_id"]) for r in rows]
+
+
+def event_name(event: str) -> str:
+    """The `event` a receiver sees: the automated decision, a human one, an appeal's outcome."""
+    if event.startswith("appeal:"):
+        return "appeal.decided"
+    if event == AUTOMATED:
+        return "decision.created"
+    return "decision.updated"
+
+
+def appeal_facts(conn: Connection, appeal_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(appeals).where(appeals.c.id == appeal_id)).first()
+    if row is None:
+        return None
+    return {"id": row.id, "status": row.status, "outcome": row.outcome, "decided_at": iso(row.decided_at)}
 
 
 def exchange_limit_s(settings: Settings) -> float:
@@ -158,7 +174,9 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int) -> str:
         dest = parse_destination(row.url)
         with engine.connect() as conn:
             rules = receiver_rules(conn, row.tenant_id)
-            status_body = view(conn, row.tenant_id, row.submission_id)
+            status_body = {"event": event_name(row.event), **view(conn, row.tenant_id, row.submission_id)}
+            if row.event.startswith("appeal:"):
+                status_body["appeal"] = appeal_facts(conn, row.event.split(":", 1)[1])
             keys = signing_secrets(conn, row.tenant_id, settings)
         addresses = resolve(dest, rules)  # once: the request connects to these and nothing else
         body = json.dumps(status_body, sort_keys=True, separators=(",", ":")).encode()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 NAMING = {
@@ -189,6 +190,9 @@ decisions = Table(
     UniqueConstraint("submission_id", "dedupe_key", name="uq_decisions_sub_key"),
 )
 
+# Human review: one task per submission and reason (the automated decision's, an appeal's, a
+# golden item served to one moderator). A claim is a lease: `claimed_by` holds it until
+# `lease_until` with a token only its holder knows (`claim_token_hash`); an expired lease is open.
 review_tasks = Table(
     "review_tasks",
     metadata,
@@ -196,16 +200,102 @@ review_tasks = Table(
     Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False),
     Column("tenant_id", String(64), nullable=False),
     Column("dedupe_key", String(64), nullable=False),
+    Column("kind", String(16), nullable=False, default="review"),  # review | qa | appeal | escalation
     Column("queue", String(32), nullable=False, default="default"),
     Column("reason", String(64), nullable=False),
-    Column("status", String(16), nullable=False, default="open"),
-    Column("priority", Integer, nullable=False, default=5),
+    Column("status", String(16), nullable=False, default="open"),  # open | claimed | done
+    Column("priority", Integer, nullable=False, default=5),  # lower is served first
+    # Child-safety material: only `restricted_reviewer` keys see the task, whatever queue it moves to.
+    Column("restricted", Boolean, nullable=False, default=False),
+    # Scores at or above review_at in a graphic category: reveals count against the exposure budget.
+    Column("graphic", Boolean, nullable=False, default=False),
+    Column("category", String(32), nullable=True),  # the worst category of the automated decision
+    Column("policy_id", String(64), nullable=True),
+    Column("appeal_id", String(32), nullable=True),
+    Column("golden", Boolean, nullable=False, default=False),  # never shown as such to moderators
     Column("claimed_by", String(64), nullable=True),
+    Column("claim_token_hash", String(64), nullable=True),
+    timestamp("claimed_at", nullable=True),
     timestamp("lease_until", nullable=True),
     timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("due_at", nullable=True),
+    Column("breached", Boolean, nullable=False, default=False),  # counted once when past due_at
+    Column("decided_by", String(64), nullable=True),
     timestamp("closed_at", nullable=True),
     UniqueConstraint("submission_id", "dedupe_key", name="uq_review_tasks_sub_key"),
     Index("ix_review_tasks_open", "tenant_id", "status", "queue", "created_at"),
+    Index("ix_review_tasks_next", "tenant_id", "status", "priority", "due_at"),
+)
+
+# Appeals (DSA Art. 20): filed by the platform for its user against the current decision;
+# one open at a time per submission; decided by someone who never decided the submission.
+appeals = Table(
+    "appeals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("submission_id", String(32), ForeignKey("submissions.id"), nullable=False),
+    Column("decision_id", BigInteger, nullable=False),  # the decision appealed against
+    Column("statement", Text, nullable=False),
+    Column("appellant_id", String(256), nullable=True),
+    Column("status", String(16), nullable=False, default="open"),  # open | decided
+    Column("outcome", String(16), nullable=True),  # upheld | reversed | modified
+    Column("task_id", String(32), nullable=True),
+    Column("filed_by", String(64), nullable=True),  # the platform's key id
+    timestamp("created_at", nullable=False, default=utcnow),
+    timestamp("due_at", nullable=False),
+    timestamp("decided_at", nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Index("ix_appeals_submission", "submission_id"),
+    Index(
+        "uq_appeals_open_per_submission",
+        "submission_id",
+        unique=True,
+        postgresql_where=text("status = 'open'"),
+        sqlite_where=text("status = 'open'"),
+    ),
+)
+
+# Golden items: decided submissions an admin marked with the action expected of a reviewer;
+# served to moderators like any task, their answers measure agreement.
+golden_items = Table(
+    "golden_items",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("submission_id", String(32), ForeignKey("submissions.id"), primary_key=True),
+    Column("expected_action", String(16), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    timestamp("created_at", nullable=False, default=utcnow),
+)
+
+golden_answers = Table(
+    "golden_answers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("task_id", String(32), nullable=False, unique=True),
+    Column("submission_id", String(32), nullable=False),
+    Column("moderator", String(64), nullable=False),
+    Column("expected_action", String(16), nullable=False),
+    Column("given_action", String(16), nullable=False),
+    Column("agreed", Boolean, nullable=False),
+    timestamp("answered_at", nullable=False),
+    Index("ix_golden_answers_moderator", "tenant_id", "moderator"),
+)
+
+# Every reveal of an original image to a moderator (also an audit event): the exposure budget
+# counts the graphic ones per moderator and hour.
+media_reveals = Table(
+    "media_reveals",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("moderator", String(64), nullable=False),
+    Column("task_id", String(32), nullable=False),
+    Column("submission_id", String(32), nullable=False),
+    Column("graphic", Boolean, nullable=False),
+    timestamp("revealed_at", nullable=False),
+    Index("ix_media_reveals_moderator_time", "tenant_id", "moderator", "revealed_at"),
 )
 
 audit_events = Table(

@@ -105,7 +105,7 @@ def finalize_many(
             decided_event(sub, decision, statement, now),
         ]
         if decision.review_queue:
-            task, routed = task_row(sub, decision, now)
+            task, routed = task_row(sub, decision, item.policy, now)
             tasks.append(task)
             events.append(routed)
         by_tenant[sub.tenant_id] += events

@@ -48,7 +48,7 @@ def pipeline_stats(engine: Engine) -> PipelineStats:
         oldest = conn.execute(
             select(func.min(submissions.c.updated_at)).where(submissions.c.status.in_(ACTIVE))
         ).scalar()
-        open_tasks = conn.execute(select(func.count()).where(review_tasks.c.status == ReviewStatus.OPEN)).scalar()
+        open_tasks = conn.execute(select(func.count()).where(review_tasks.c.status != ReviewStatus.DONE)).scalar()
         dead = conn.execute(select(func.count()).select_from(dead_letters)).scalar()
         hooks: dict[str, int] = dict(
             conn.execute(

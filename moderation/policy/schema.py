@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moderation.analyzers.base import analyzer_class
 
@@ -138,6 +138,34 @@ class CacheSettings(_Strict):
     ttl_s: int = Field(default=3600, ge=1)
 
 
+# How long a review task may wait, per queue (seconds, or "90m", "4h", "2d"). Child safety and
+# self-harm are answered within hours, the rest within a day; a queue not named takes `default`.
+DEFAULT_REVIEW_SLA = {
+    "restricted": 4 * 3600,
+    "priority": 4 * 3600,
+    "escalation": 12 * 3600,
+    "appeals": 72 * 3600,
+    "qa": 72 * 3600,
+    "default": 24 * 3600,
+}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+
+
+def _seconds(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a duration is seconds or a string like 90m, 4h, 2d")
+    if isinstance(value, int | float):
+        seconds = int(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (seconds, or e.g. 90m, 4h, 2d)")
+        seconds = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if not 60 <= seconds <= 90 * 86400:
+        raise ValueError(f"a review SLA lies between 1 minute and 90 days, not {value!r}")
+    return seconds
+
+
 class Policy(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     description: str = ""
@@ -151,6 +179,18 @@ class Policy(_Strict):
     visibility: Visibilities = Field(default_factory=Visibilities)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     source_type: Literal["SOURCE_VOLUNTARY", "SOURCE_ARTICLE_16", "SOURCE_TRUSTED_NOTIFIER"] = "SOURCE_VOLUNTARY"
+    review_sla: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REVIEW_SLA))
+
+    @field_validator("review_sla", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> dict[str, int]:
+        if not isinstance(value, dict):
+            raise ValueError("review_sla maps a queue name to a duration")
+        return {**DEFAULT_REVIEW_SLA, **{str(k): _seconds(v) for k, v in value.items()}}
+
+    def sla_s(self, queue: str) -> int:
+        """Seconds a task of `queue` may wait before it is overdue."""
+        return self.review_sla.get(queue, self.review_sla["default"])
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

@@ -25,19 +25,25 @@ def view(conn: Connection, tenant_id: str, submission_id: str) -> dict[str, Any]
     decision = None
     if rows:
         human = [r for r in rows if not r.automated]
-        d = (human or rows)[-1]
-        decision = {
-            "action": d.action,
-            "categories": d.categories,
-            "reasons": d.reasons,
-            "policy": {"id": d.policy_id, "version": d.policy_version},
-            "automated": bool(d.automated),
-            "decided_at": iso(d.decided_at),
-        }
+        decision = _decision((human or rows)[-1])
     return {
         "id": sub.id,
         "status": sub.status,
         "external_id": sub.external_id,
         "created_at": iso(sub.created_at),
         "decision": decision,
+        # Every decision, oldest first: a human one supersedes the automated one, never erases it.
+        "history": [_decision(r) for r in rows],
+    }
+
+
+def _decision(d: Any) -> dict[str, Any]:
+    return {
+        "action": d.action,
+        "categories": d.categories,
+        "reasons": d.reasons,
+        "policy": {"id": d.policy_id, "version": d.policy_version},
+        "automated": bool(d.automated),
+        "reviewer": d.reviewer_id,
+        "decided_at": iso(d.decided_at),
     }

@@ -48,6 +48,7 @@ from tests.support.matrix import (
     World,
     code_of,
     error_shape_problem,
+    insert_task,
     needed_role_sets,
     offence_table,
     pdq_csv,
@@ -175,8 +176,8 @@ def _make_tenant(
         )
         tenant.claim_sid = claim["id"]
         pending.append(claim["id"])
-        for name in needed_role_sets():
-            tenant.claim_banks[name] = f"{tenant_id}-claim-{name}"
+        for i, name in enumerate(needed_role_sets()):
+            tenant.claim_banks[name] = f"{tenant_id}-claim-{i}"  # bank names are short
             _ok(
                 client.post("/v1/banks", headers=admin, json={"name": tenant.claim_banks[name], "kind": "good"}),
                 "claim",
@@ -206,6 +207,8 @@ def world(matrix_api: tuple[Any, Any, Any], worker: Any, signing: dict[str, Path
         wait_final(client, a.keys["submitter"], sid)
     banked = wait_final(client, a.keys["submitter"], a_banked)
     assert banked["decision"]["action"] == "allow", f"tenant B's bank decided A's submission: {banked}"
+    with ctx.engine.begin() as conn:  # B's review tasks, which A must never reach
+        b.task_ids = [insert_task(conn, b.id, b.sids[0]), insert_task(conn, b.id, b.sids[1], restricted=True)]
     _checkpoint(ctx.engine, b, signing["private"])
     _checkpoint(ctx.engine, a, signing["private"])
     with ctx.engine.begin() as conn:
@@ -329,6 +332,7 @@ def test_tenancy_and_role_matrix(matrix_api: tuple[Any, Any, Any], world: World)
         route = f"{method} {path}"
         for caller in [*bad, *good]:
             w.caller = caller.name
+            w.caller_roles = caller.roles or frozenset()
             variants = (
                 [("own", spec.own)]
                 if caller.roles is None

@@ -21,6 +21,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi.routing import APIRoute
@@ -28,8 +29,10 @@ from sqlalchemy import Engine, select
 
 from moderation.access import ROLES, create_key
 from moderation.banks import admin as bank_admin
-from moderation.db.tables import metadata, submissions
+from moderation.db.tables import decisions, metadata, review_tasks, submissions, utcnow
 from moderation.errors import CATALOGUE
+from moderation.review import leases
+from moderation.review.reviewer import REVIEW_ROLES, Reviewer
 
 # Routes FastAPI adds itself (not APIRoutes): public documentation, no tenant data.
 PUBLIC_DOCS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -120,6 +123,7 @@ class Tenant:
     claim_sid: str = ""
     claim_image: bytes = b""
     claim_banks: dict[str, str] = field(default_factory=dict)  # A caller name -> B bank name
+    task_ids: list[str] = field(default_factory=list)  # review tasks (one ordinary, one restricted)
 
     def claims(self) -> set[str]:
         return {self.claim_external_id, self.claim_idempotency_key, *self.claim_banks.values()} - {""}
@@ -132,6 +136,7 @@ class World:
     b: Tenant
     image: bytes  # a valid image, A's own
     caller: str = ""  # the caller name the matrix is building requests for
+    caller_roles: frozenset[str] = frozenset()  # ... and its roles (empty: no valid key)
     _serial: Iterator[int] = field(default_factory=itertools.count)
 
     def fresh(self, what: str) -> str:
@@ -147,6 +152,64 @@ class World:
         with self.engine.begin() as conn:
             entries = bank_admin.parse_hash_list(f"{secrets.token_hex(32)},{self.fresh('entry')}")
             return bank_admin.add_entries(conn, self.a.id, self.a.bank, entries, "matrix")[0]
+
+    def fresh_task(self) -> str:
+        """A new open review task of A that the caller can see (a restricted one for a caller
+        that reviews only the restricted queue)."""
+        restricted = "restricted_reviewer" in self.caller_roles and not {"moderator", "senior_moderator"} & (
+            self.caller_roles
+        )
+        with self.engine.begin() as conn:
+            return insert_task(conn, self.a.id, self.a.sids[0], restricted)
+
+    def fresh_claim(self) -> tuple[str, str]:
+        """(task id, claim token) of a fresh task claimed by the caller (a dummy token for a
+        caller that may not review: the request is refused before the token matters)."""
+        task_id = self.fresh_task()
+        if not set(REVIEW_ROLES) & self.caller_roles:
+            return task_id, "no-claim-for-this-caller"
+        reviewer = Reviewer(self.a.key_ids[self.caller], self.a.id, self.caller_roles)
+        with self.engine.begin() as conn:
+            claimed = leases.claim(conn, reviewer, task_id, utcnow(), 600)
+        return task_id, str(claimed["claim"]["token"])
+
+    def fresh_decided_sid(self) -> str:
+        """A new decided submission of A (a copy of its first one) that an appeal may consume."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(submissions).where(submissions.c.id == self.a.sids[0])).one()._asdict()
+            sid = secrets.token_hex(16)
+            conn.execute(submissions.insert().values({**row, "id": sid, "external_id": None, "idempotency_key": None}))
+            decision = conn.execute(select(decisions).where(decisions.c.submission_id == self.a.sids[0])).first()
+            assert decision is not None
+            values = {k: v for k, v in decision._asdict().items() if k != "id"}
+            conn.execute(decisions.insert().values({**values, "submission_id": sid}))
+        return sid
+
+
+def insert_task(conn: Any, tenant_id: str, sid: str, restricted: bool = False) -> str:
+    """An open review task on `sid`, as the pipeline opens them."""
+    task_id = secrets.token_hex(16)
+    now = utcnow()
+    conn.execute(
+        review_tasks.insert().values(
+            id=task_id,
+            submission_id=sid,
+            tenant_id=tenant_id,
+            dedupe_key=f"matrix:{task_id}",
+            kind="review",
+            queue="restricted" if restricted else "default",
+            reason="threshold",
+            status="open",
+            priority=5,
+            restricted=restricted,
+            graphic=False,
+            golden=False,
+            breached=False,
+            created_at=now,
+            due_at=now + timedelta(days=1),
+        )
+    )
+    return task_id
 
 
 MISSING_SID = "0" * 32
@@ -226,6 +289,44 @@ def _delete_entry(bank: str, entry: int, expect: Literal["ok", "not_found"], abo
 
 ADMIN = frozenset({"admin"})
 AUDITOR = frozenset({"auditor"})
+REVIEWERS = frozenset(REVIEW_ROLES)
+MISSING_TASK = "f" * 32
+
+
+def _golden(sid: str, expect: Literal["ok", "not_found"] = "ok") -> Req:
+    return Req("POST", "/v1/review/golden", json={"submission_id": sid, "expected_action": "block"}, expect=expect)
+
+
+def _task_spec(method: str, suffix: str, **kw: Any) -> Spec:
+    """A review-task route: own: a fresh task of A (claimed by the caller when the route needs a claim); other: B's
+    tasks; the same request shape for each."""
+
+    def own(w: World) -> list[Req]:
+        if "claim_token" in kw:
+            task_id, token = w.fresh_claim()
+            body = {**kw, "claim_token": token}
+            return [Req(method, f"/v1/review/tasks/{task_id}{suffix}", json=body, about="A's task, claimed")]
+        if kw.get("variant") == "original":
+            task_id, _ = w.fresh_claim()
+            return [Req(method, f"/v1/review/tasks/{task_id}{suffix}", params=kw, about="A's task, claimed")]
+        return [Req(method, f"/v1/review/tasks/{w.fresh_task()}{suffix}", params=kw or None, about="A's task")]
+
+    def other(w: World) -> list[Req]:
+        body = {**kw, "claim_token": "b-does-not-matter"} if "claim_token" in kw else None
+        params = None if "claim_token" in kw else (kw or None)
+        return [
+            Req(method, f"/v1/review/tasks/{t}{suffix}", json=body, params=params, expect="not_found", about="B's task")
+            for t in w.b.task_ids
+        ]
+
+    def missing(w: World) -> list[Req]:
+        body = {**kw, "claim_token": "nothing"} if "claim_token" in kw else None
+        params = None if "claim_token" in kw else (kw or None)
+        return [Req(method, f"/v1/review/tasks/{MISSING_TASK}{suffix}", json=body, params=params, expect="not_found")]
+
+    return Spec("key", REVIEWERS, own=own, other=other, missing=missing)
+
+
 NOBODY: frozenset[str] = frozenset()
 
 SPECS: dict[tuple[str, str], Spec] = {
@@ -347,6 +448,79 @@ SPECS: dict[tuple[str, str], Spec] = {
             _delete_entry(w.b.bank, w.a.entry_ids[0], "not_found", "B's bank, A's entry"),
         ],
         missing=lambda w: [_delete_entry(w.a.bank, MISSING_ENTRY, "not_found", "no such entry")],
+    ),
+    # ---------------------------------------------------------------- review and appeals
+    ("GET", "/v1/review/tasks"): Spec(
+        "key",
+        REVIEWERS,
+        own=lambda w: [Req("GET", "/v1/review/tasks", params={"limit": "500"})],
+        other=lambda w: [
+            Req("GET", "/v1/review/tasks", params={"queue": q, "limit": "500"}, check=_no_rows_of_b("tasks"))
+            for q in ("default", "restricted")
+        ],
+    ),
+    ("GET", "/v1/review/queues"): Spec("key", REVIEWERS, own=lambda w: [Req("GET", "/v1/review/queues")]),
+    ("POST", "/v1/review/next"): Spec(
+        "key", REVIEWERS, own=lambda w: [Req("POST", "/v1/review/next", about=f"A's queue ({w.fresh_task()})")]
+    ),
+    ("POST", "/v1/review/tasks/{task_id}/claim"): _task_spec("POST", "/claim"),
+    ("POST", "/v1/review/tasks/{task_id}/release"): _task_spec("POST", "/release", claim_token=""),
+    ("POST", "/v1/review/tasks/{task_id}/heartbeat"): _task_spec("POST", "/heartbeat", claim_token=""),
+    ("GET", "/v1/review/tasks/{task_id}"): _task_spec("GET", ""),
+    ("GET", "/v1/review/tasks/{task_id}/image"): _task_spec("GET", "/image"),
+    ("POST", "/v1/review/tasks/{task_id}/decision"): _task_spec(
+        "POST", "/decision", claim_token="", action="allow", reason="matrix"
+    ),
+    ("POST", "/v1/review/golden"): Spec(
+        "key",
+        ADMIN,
+        own=lambda w: [
+            Req("POST", "/v1/review/golden", json={"submission_id": w.a.sids[0], "expected_action": "block"})
+        ],
+        other=lambda w: [
+            Req(
+                "POST",
+                "/v1/review/golden",
+                json={"submission_id": sid, "expected_action": "block"},
+                expect="not_found",
+                about="B's submission",
+            )
+            for sid in w.b.sids
+        ],
+        missing=lambda w: [
+            Req(
+                "POST",
+                "/v1/review/golden",
+                json={"submission_id": MISSING_SID, "expected_action": "allow"},
+                expect="not_found",
+            )
+        ],
+    ),
+    ("GET", "/v1/review/golden/agreement"): Spec(
+        "key", ADMIN | AUDITOR, own=lambda w: [Req("GET", "/v1/review/golden/agreement")]
+    ),
+    ("POST", "/v1/submissions/{submission_id}/appeals"): Spec(
+        "key",
+        frozenset({"submitter"}),
+        own=lambda w: [
+            Req("POST", f"/v1/submissions/{w.fresh_decided_sid()}/appeals", json={"statement": w.fresh("appeal")})
+        ],
+        other=lambda w: [
+            Req("POST", f"/v1/submissions/{sid}/appeals", json={"statement": "x"}, expect="not_found", about="B's")
+            for sid in w.b.sids
+        ],
+        missing=lambda w: [
+            Req("POST", f"/v1/submissions/{MISSING_SID}/appeals", json={"statement": "x"}, expect="not_found")
+        ],
+    ),
+    ("GET", "/v1/submissions/{submission_id}/appeals"): Spec(
+        "key",
+        frozenset({"submitter", "moderator", "senior_moderator", "auditor", "admin"}),
+        own=lambda w: [Req("GET", f"/v1/submissions/{w.a.sids[0]}/appeals")],
+        other=lambda w: [
+            Req("GET", f"/v1/submissions/{sid}/appeals", expect="not_found", about="B's") for sid in w.b.sids
+        ],
+        missing=lambda w: [Req("GET", f"/v1/submissions/{MISSING_SID}/appeals", expect="not_found")],
     ),
     # ---------------------------------------------------------------- tenant administration
     ("GET", "/v1/admin/keys"): Spec("key", ADMIN, own=lambda w: [Req("GET", "/v1/admin/keys")]),

@@ -20,10 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from moderation import metrics
 from moderation.api.deps import Ctx
 from moderation.db.engine import ping
+from moderation.db.tables import utcnow
 from moderation.errors import ModerationError
 from moderation.pipeline.progress import last_progress
 from moderation.pipeline.stats import pipeline_stats, recent_activity
 from moderation.queue import Q_CALLBACKS, Q_CPU, Q_DECIDE, Q_GPU, Q_INGEST, Q_MAINT
+from moderation.review.listing import backlog as review_backlog
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
@@ -129,6 +131,18 @@ def _refresh_gauges(ctx: Ctx) -> None:
         metrics.WORKER_IDLE.clear()  # workers that went away leave no stale series behind
         for worker, seconds in idle.items():
             metrics.WORKER_IDLE.labels(worker).set(seconds)
+    try:
+        with ctx.engine.connect() as conn:
+            queues = review_backlog(conn, utcnow())
+    except Exception as exc:
+        log.warning("review gauges not refreshed: %s", exc)
+    else:
+        for gauge in (metrics.REVIEW_BACKLOG, metrics.REVIEW_OLDEST, metrics.REVIEW_BREACHES):
+            gauge.clear()
+        for q in queues:
+            metrics.REVIEW_BACKLOG.labels(q["queue"]).set(q["open"])
+            metrics.REVIEW_OLDEST.labels(q["queue"]).set(q["oldest_age_s"])
+            metrics.REVIEW_BREACHES.labels(q["queue"]).set(q["breaches"])
     for queue in ALL_QUEUES:
         depth = ctx.publisher.queue_depth(queue)
         if depth is not None:

@@ -63,7 +63,7 @@ def submit(
 @router.get("/v1/submissions/{submission_id}")
 def get_submission(submission_id: str, ctx: Ctx, who: Auth) -> dict[str, Any]:
     """Status and decision (`decision` is null until decided; a human decision supersedes the automated one)."""
-    who.require("submitter", "moderator", "auditor", "admin")
+    who.require("submitter", "moderator", "senior_moderator", "restricted_reviewer", "auditor", "admin")
     if not re.fullmatch(r"[0-9a-f]{32}", submission_id):
         raise ModerationError("NOT_FOUND", f"No submission {submission_id[:64]!r}.")
     with ctx.engine.connect() as conn:
