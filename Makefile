@@ -40,6 +40,7 @@ up-postgres: $(BIN)/.installed
 ## Install dev dependencies and run the whole suite (integration tests use the local PostgreSQL and Redis).
 test: $(BIN)/.dev
 	@bash .ci/fonts.sh || echo "warning: the CJK font is missing; the Chinese OCR test will fail"
+	@bash .ci/chromium.sh || echo "warning: Debian's chromium is missing; the console's browser tests will fail"
 	@bash .ci/services.sh || echo "warning: could not start PostgreSQL/Redis; service tests will skip (or fail under MODERATION_REQUIRE_SERVICES=1)"
 	$(BIN)/python -m pytest
 

@@ -106,6 +106,20 @@ class KeyCache:
         self.last_used.touch(principal.key_id)
         return principal
 
+    def peek(self, authorization: str | None) -> Principal | None:
+        """The caller when this process already knows the key and no epoch read is due: no
+        database, no lock, so the API can answer it on the event loop. None: ask `authenticate`
+        (unknown here, a read due, or no longer valid)."""
+        if time.monotonic() >= self._next_poll or not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        principal = self._entries.get(digest(authorization[7:].strip()))
+        if not isinstance(principal, Principal):
+            return None
+        if principal.expires_at is not None and principal.expires_at <= utcnow():
+            return None
+        self.last_used.touch(principal.key_id)
+        return principal
+
     def tenant(self, tenant_id: str) -> TenantAccess | None:
         """The tenant's policy settings (None: no such tenant), cached like keys."""
         self._sync()

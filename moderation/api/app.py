@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from moderation import __version__
-from moderation.api import errors
+from moderation import __version__, web
+from moderation.api import docs, errors
 from moderation.api.middleware import Admission, BodyLimit
 from moderation.api.routers import admin, appeals, audit, banks, callbacks, ops, review, submissions
 from moderation.errors import CATALOGUE
@@ -18,6 +18,8 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     settings = settings or Settings()
     ctx = ctx or Context.build(settings)
     app = FastAPI(
+        docs_url=None,  # served by `docs` from local assets (no CDN)
+        redoc_url=None,
         title="Moderation API",
         version=__version__,
         description="Image content moderation: submit images, read decisions, verify the audit log. "
@@ -29,6 +31,8 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 256 * 1024)
     app.add_middleware(Admission, ctx=ctx)  # added last, runs first: nothing reads a body before it
     errors.install(app)
+    web.install(app)
+    docs.install(app)
     for router in (
         submissions.router,
         appeals.router,

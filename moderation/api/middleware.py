@@ -54,9 +54,10 @@ class Admission:
         # already knows (in use from there, say behind the same NAT) go on.
         blocked_for = self._blocked.get(address, 0.0) - time.monotonic()
         try:
-            principal: Principal = await anyio.to_thread.run_sync(
-                self.ctx.keys.authenticate, authorization, blocked_for <= 0
-            )
+            # A key this process knows is answered here; others are looked up in a worker thread.
+            principal: Principal | None = self.ctx.keys.peek(authorization)
+            if principal is None:
+                principal = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, authorization, blocked_for <= 0)
         except DBAPIError as exc:  # outside the app's exception handlers: answer as they would
             log.error("authentication: database unavailable: %s", exc)
             response = error_response("SERVICE_UNAVAILABLE", "The database is unavailable; retry with backoff.", 503)
@@ -87,9 +88,11 @@ class Admission:
             ]
             if principal.tenant_id in s.rate_limit_tenants:  # the tenant's rate, whatever keys it mints
                 buckets.append(Bucket(f"tenant:{principal.tenant_id}", rate, burst))
-            wait = await anyio.to_thread.run_sync(self.ctx.limiter.take, buckets)
-            if wait:
-                await self._limited(scope, receive, send, wait, "Over the request rate of this key or address.")
+            local = self.ctx.limiter.try_take(buckets)
+            # The shared buckets when this process holds none of their tokens: a round trip, off the loop.
+            over = local if local is not None else await anyio.to_thread.run_sync(self.ctx.limiter.take, buckets)
+            if over:
+                await self._limited(scope, receive, send, over, "Over the request rate of this key or address.")
                 return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

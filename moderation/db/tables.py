@@ -104,6 +104,23 @@ access_epoch = Table(
     timestamp("changed_at", nullable=False),
 )
 
+# The web console's sessions (moderation.access.sessions): the SHA-256 of the cookie's token,
+# the key it was made with (its roles are read from the key on every request), the CSRF token
+# of its forms and the claim tokens of the tasks it holds.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("claims", JSON, nullable=False),
+    timestamp("created_at", nullable=False),
+    timestamp("expires_at", nullable=False),
+    timestamp("revoked_at", nullable=True),
+    Index("ix_web_sessions_key", "key_id"),
+)
+
 # Queue-side ingest: a platform's broker account (RabbitMQ user, or Redis ACL user) and the
 # tenant whose submissions it may publish. The broker authenticates the account; the gateway
 # maps it to the tenant. `secret` signs Redis messages (HMAC; RabbitMQ vouches for its users).

@@ -52,9 +52,10 @@ class BlobStore:
             raise ModerationError("BLOB_NOT_FOUND", f"{sha256!r} is not a sha256 hex digest.")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes, sha256: str | None = None) -> str:
-        """Store `data` under its SHA-256 (computed here when not given; a given one must match)."""
-        digest = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, sha256: str | None = None, *, hashed_here: bool = False) -> str:
+        """Store `data` under its SHA-256: computed here when not given; a given one must match,
+        which is checked unless the caller computed it from these very bytes (`hashed_here`)."""
+        digest = sha256 if sha256 is not None and hashed_here else hashlib.sha256(data).hexdigest()
         if sha256 is not None and sha256 != digest:
             raise ValueError(f"data hashes to {digest}, not {sha256}")
         target = self.path(digest)

@@ -140,7 +140,7 @@ def accept(ctx: Context, req: SubmissionRequest, data: bytes) -> tuple[dict[str,
     _high_priority_quota(ctx, req)
     info = inspect_image(data, ctx.limits)[0]
     sha256 = info.sha256
-    ctx.blobs.put(data, info.sha256)
+    ctx.blobs.put(data, info.sha256, hashed_here=True)  # inspect_image hashed these bytes
     sid = secrets.token_hex(16)
     now = utcnow()
     values = {

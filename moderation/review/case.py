@@ -123,7 +123,7 @@ def _history(conn: Connection, sub: Any) -> list[dict[str, Any]]:
 
 
 def build_case(
-    conn: Connection, task: Any, policies: dict[str, Policy], now: Any, base_url: str = ""
+    conn: Connection, task: Any, policies: dict[str, Policy], now: Any, tasks_url: str = "/v1/review/tasks"
 ) -> dict[str, Any]:
     """The case of `task` (a row the caller may see)."""
     sub = conn.execute(select(submissions).where(submissions.c.id == task.submission_id)).one()
@@ -151,9 +151,11 @@ def build_case(
                 "appealed_decision_id": a.decision_id,
             }
     clauses = {c: r.dsa.clause for c, r in policy.categories.items()} if policy else {}
-    image = f"{base_url}/v1/review/tasks/{task.id}/image"
+    image = f"{tasks_url}/{task.id}/image"
     return {
         "task": task_json(task, now),
+        # Revealing the original counts against the exposure budget.
+        "graphic": bool(task.graphic),
         "submission": {
             "id": sub.id,
             "external_id": sub.external_id,

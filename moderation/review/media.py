@@ -11,12 +11,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from PIL import Image, ImageFilter
-from sqlalchemy import Connection, and_, func, insert, select
+from sqlalchemy import Connection, Engine, and_, func, insert, select
 
 from moderation import audit
 from moderation.db.tables import media_reveals, submissions
+from moderation.errors import ModerationError
 from moderation.intake.blobs import BlobStore
 from moderation.intake.images import Limits, inspect_image
+from moderation.review import leases
 from moderation.review.reviewer import Reviewer
 
 
@@ -99,3 +101,30 @@ def record_reveal(conn: Connection, reviewer: Reviewer, task: Any, now: datetime
             )
         ],
     )
+
+
+def task_image(
+    engine: Engine,
+    blobs: BlobStore,
+    limits: Limits,
+    side: int,
+    reviewer: Reviewer,
+    task_id: str,
+    variant: str,
+    now: datetime,
+) -> tuple[bytes, str]:
+    """(bytes, media type) of a task's image: the safe derivative, or the original for the
+    holder of the task's claim (recorded before it is read). Raises NOT_FOUND, CLAIM_REQUIRED,
+    BLOB_NOT_FOUND, BlobCorrupt."""
+    if variant == "original":
+        with engine.begin() as conn:
+            task = leases.get_task(conn, reviewer, task_id)
+            if not leases.holds(task, reviewer, now):
+                raise ModerationError("CLAIM_REQUIRED", "The original is shown only to the holder of the task's claim.")
+            record_reveal(conn, reviewer, task, now)
+            sha256, fmt = stored_image(conn, task.submission_id)
+        return original(blobs, sha256), f"image/{fmt.lower()}"
+    with engine.connect() as conn:
+        task = leases.get_task(conn, reviewer, task_id)
+        sha256, _ = stored_image(conn, task.submission_id)
+    return safe_variant(blobs, sha256, limits, side), "image/jpeg"

@@ -35,7 +35,14 @@ from moderation.review import leases
 from moderation.review.reviewer import REVIEW_ROLES, Reviewer
 
 # Routes FastAPI adds itself (not APIRoutes): public documentation, no tenant data.
-PUBLIC_DOCS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Non-API routes: public documentation and static assets (no tenant data), each with a path to
+# probe. The console's pages (/console/...) have their own session-based matrix (test_console.py).
+PUBLIC_DOCS = {
+    "/openapi.json": "/openapi.json",
+    "/docs-assets": "/docs-assets/swagger-ui.css",
+    "/console/static": "/console/static/console.css",
+}
+CONSOLE = "/console"
 
 # Columns that change without anyone calling the API (written behind on use).
 VOLATILE = frozenset({"last_used_at"})
@@ -330,7 +337,8 @@ def _task_spec(method: str, suffix: str, **kw: Any) -> Spec:
 NOBODY: frozenset[str] = frozenset()
 
 SPECS: dict[tuple[str, str], Spec] = {
-    # ---------------------------------------------------------------- probes
+    # ---------------------------------------------------------------- probes and docs
+    ("GET", "/docs"): Spec("public", NOBODY, lambda w: [Req("GET", "/docs")]),
     ("GET", "/healthz"): Spec("public", NOBODY, lambda w: [Req("GET", "/healthz")]),
     ("GET", "/readyz"): Spec("public", NOBODY, lambda w: [Req("GET", "/readyz")]),
     ("GET", "/metrics"): Spec("metrics", NOBODY, lambda w: [Req("GET", "/metrics")]),
@@ -587,6 +595,8 @@ def route_table(app: Any) -> tuple[list[tuple[str, str]], list[str]]:
     api: list[tuple[str, str]] = []
     other: list[str] = []
     for route, path, methods in _flat_routes(app):
+        if path == CONSOLE or path.startswith(CONSOLE + "/") and not path.startswith(CONSOLE + "/static"):
+            continue
         if isinstance(route, APIRoute):
             api += [(m, path) for m in sorted(methods) if m != "HEAD"]
         else:

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from moderation.access import Principal
 from moderation.api.deps import Auth, Ctx
 from moderation.db.tables import utcnow
-from moderation.errors import ModerationError
 from moderation.pipeline.human import HumanDecision, decide
 from moderation.review import golden, leases, media
 from moderation.review.case import build_case
@@ -143,28 +142,14 @@ def review_case(task_id: TaskId, ctx: Ctx, who: Auth) -> dict[str, Any]:
         return case
 
 
-def image_response(ctx: Any, reviewer: Reviewer, task_id: str, variant: str) -> Response:
-    """The safe derivative, or (claim holder only, recorded) the original."""
-    now = utcnow()
-    if variant == "original":
-        with ctx.engine.begin() as conn:
-            task = leases.get_task(conn, reviewer, task_id)
-            if not leases.holds(task, reviewer, now):
-                raise ModerationError("CLAIM_REQUIRED", "The original is shown only to the holder of the task's claim.")
-            media.record_reveal(conn, reviewer, task, now)
-            sha256, fmt = media.stored_image(conn, task.submission_id)
-        return Response(media.original(ctx.blobs, sha256), media_type=f"image/{fmt.lower()}", headers=NO_STORE)
-    with ctx.engine.connect() as conn:
-        task = leases.get_task(conn, reviewer, task_id)
-        sha256, _ = media.stored_image(conn, task.submission_id)
-    data = media.safe_variant(ctx.blobs, sha256, ctx.limits, ctx.settings.review_safe_side)
-    return Response(data, media_type="image/jpeg", headers=NO_STORE)
-
-
 @router.get("/v1/review/tasks/{task_id}/image", response_class=Response)
 def review_image(task_id: TaskId, ctx: Ctx, who: Auth, variant: Literal["safe", "original"] = "safe") -> Response:
     """`safe`: downscaled, greyscale, blurred, made on the server. `original`: only to the claim holder, audited."""
-    return image_response(ctx, reviewer_of(who), task_id, variant)
+    s = ctx.settings
+    data, media_type = media.task_image(
+        ctx.engine, ctx.blobs, ctx.limits, s.review_safe_side, reviewer_of(who), task_id, variant, utcnow()
+    )
+    return Response(data, media_type=media_type, headers=NO_STORE)
 
 
 @router.post("/v1/review/tasks/{task_id}/decision")
