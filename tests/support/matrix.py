@@ -595,7 +595,7 @@ def route_table(app: Any) -> tuple[list[tuple[str, str]], list[str]]:
     api: list[tuple[str, str]] = []
     other: list[str] = []
     for route, path, methods in _flat_routes(app):
-        if path == CONSOLE or path.startswith(CONSOLE + "/") and not path.startswith(CONSOLE + "/static"):
+        if path == CONSOLE or (path.startswith(CONSOLE + "/") and not path.startswith(CONSOLE + "/static")):
             continue
         if isinstance(route, APIRoute):
             api += [(m, path) for m in sorted(methods) if m != "HEAD"]
