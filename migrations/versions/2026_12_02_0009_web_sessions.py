@@ -1,10 +1,10 @@
-"""web console sessions
+"""web console sessions; an index of uploaders' submissions
 
 Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-02 00:00:00.000000
 
-Lock safety: a new table only.
+Lock safety: a new table, and an index built CONCURRENTLY on PostgreSQL (submissions stays writable).
 """
 
 from __future__ import annotations
@@ -42,8 +42,19 @@ def upgrade() -> None:
             END $$;
             """
         )
+        with op.get_context().autocommit_block():
+            op.create_index(
+                "ix_submissions_tenant_uploader",
+                "submissions",
+                ["tenant_id", "uploader_id", "created_at"],
+                postgresql_concurrently=True,
+                if_not_exists=True,
+            )
+    else:
+        op.create_index("ix_submissions_tenant_uploader", "submissions", ["tenant_id", "uploader_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_submissions_tenant_uploader", table_name="submissions")
     op.drop_index("ix_web_sessions_key", table_name="web_sessions")
     op.drop_table("web_sessions")

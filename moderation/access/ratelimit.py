@@ -122,21 +122,23 @@ class RedisLimiter:
     def try_take(self, buckets: list[Bucket]) -> float | None:
         now = time.monotonic()
         with self._lock:
-            held = [self._local.get(b.key) for b in buckets]
-            if not all(h is not None and h[0] > now and h[1] >= 1 for h in held):
+            if not all(self._has(b.key, now) for b in buckets):
                 return None
-            for b, h in zip(buckets, held, strict=True):
-                assert h is not None
-                self._local[b.key] = (h[0], h[1] - 1)
+            for b in buckets:
+                end, left = self._local[b.key]
+                self._local[b.key] = (end, left - 1)
         return 0.0
 
     def take(self, buckets: list[Bucket]) -> float:
         local = self.try_take(buckets)
         if local is not None:
             return local
-        keys = [self.prefix + b.key for b in buckets]
+        now = time.monotonic()
+        with self._lock:
+            lacking = [b for b in buckets if not self._has(b.key, now)]
+        keys = [self.prefix + b.key for b in lacking]
         args: list[float] = []
-        for b in buckets:
+        for b in lacking:
             args += [b.rate, b.burst, self._batch(b)]
         try:
             answer = self._script(keys=keys, args=args)
@@ -147,15 +149,23 @@ class RedisLimiter:
             return 0.0
         wait = float(answer[0])
         if wait > 0:
-            return wait
+            return wait  # nothing taken, from Redis or from the local leases
         until = time.monotonic() + self.lease_s
         with self._lock:
             if len(self._local) > 100_000:
                 self._local.clear()
-            for b, n in zip(buckets, answer[1:], strict=True):
-                # One token pays for this request; the rest of the batch replaces what was left.
+            for b, n in zip(lacking, answer[1:], strict=True):
+                # One token pays for this request; the rest of the batch is this process's lease.
                 self._local[b.key] = (until, int(n) - 1)
+            for b in buckets:
+                if b not in lacking:
+                    end, left = self._local.get(b.key, (until, 1))
+                    self._local[b.key] = (end, max(0, left - 1))
         return 0.0
+
+    def _has(self, key: str, now: float) -> bool:
+        held = self._local.get(key)
+        return held is not None and held[0] > now and held[1] >= 1
 
 
 def build_limiter(redis_url: str | None) -> Limiter:

@@ -171,6 +171,8 @@ submissions = Table(
     Index("ix_submissions_tenant_created", "tenant_id", "created_at"),
     # The blobs a tenant may name on the queue (its own uploads), and its history of one image.
     Index("ix_submissions_tenant_sha256", "tenant_id", "sha256"),
+    # An uploader's recent submissions (the review case shows them).
+    Index("ix_submissions_tenant_uploader", "tenant_id", "uploader_id", "created_at"),
 )
 
 findings = Table(

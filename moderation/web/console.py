@@ -25,12 +25,13 @@ from moderation.review.case import build_case
 from moderation.review.listing import TaskFilter, list_tasks, queue_counts
 from moderation.review.reviewer import REVIEW_ROLES, Reviewer
 from moderation.review.serve import serve_next
-from moderation.web.views import age, marked_segments, score_bars
+from moderation.web.views import age, marked_segments, score_bars, short_time
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(age=age, marked_segments=marked_segments, score_bars=score_bars, TAXONOMY=TAXONOMY)
+templates.env.filters["when"] = short_time
 
 COOKIE = "moderation_session"
 PRE_CSRF = "moderation_signin"

@@ -25,6 +25,13 @@ def age(iso_time: str | None, now: datetime) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def short_time(iso_time: str | None) -> str:
+    """'2026-12-02 14:05 UTC' from an ISO time."""
+    if not iso_time:
+        return "-"
+    return as_utc(datetime.fromisoformat(iso_time)).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def score_bars(marks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One bar per category: its score and the policy's marks, as percentages, with the band it falls in."""
     bars = []
