@@ -1,4 +1,4 @@
-"""web console sessions; an index of uploaders' submissions
+"""web console sessions; indexes of uploaders' submissions and of who decided what
 
 Revision ID: 0009
 Revises: 0008
@@ -9,6 +9,8 @@ Lock safety: a new table, and an index built CONCURRENTLY on PostgreSQL (submiss
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,6 +18,13 @@ revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
+
+
+INDEXES = [
+    ("ix_submissions_tenant_uploader", "submissions", ["tenant_id", "uploader_id", "created_at"], None),
+    ("ix_decisions_reviewer", "decisions", ["reviewer_id"], "reviewer_id IS NOT NULL"),
+    ("ix_review_tasks_decided_by", "review_tasks", ["decided_by"], "decided_by IS NOT NULL"),
+]
 
 
 def upgrade() -> None:
@@ -42,19 +51,22 @@ def upgrade() -> None:
             END $$;
             """
         )
-        with op.get_context().autocommit_block():
+    concurrently = op.get_bind().dialect.name == "postgresql"
+    with op.get_context().autocommit_block() if concurrently else nullcontext():
+        for name, table, columns, where in INDEXES:
             op.create_index(
-                "ix_submissions_tenant_uploader",
-                "submissions",
-                ["tenant_id", "uploader_id", "created_at"],
-                postgresql_concurrently=True,
+                name,
+                table,
+                columns,
+                postgresql_concurrently=concurrently,
+                postgresql_where=sa.text(where) if where else None,
+                sqlite_where=sa.text(where) if where else None,
                 if_not_exists=True,
             )
-    else:
-        op.create_index("ix_submissions_tenant_uploader", "submissions", ["tenant_id", "uploader_id", "created_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_submissions_tenant_uploader", table_name="submissions")
+    for name, table, _, _ in INDEXES:
+        op.drop_index(name, table_name=table)
     op.drop_index("ix_web_sessions_key", table_name="web_sessions")
     op.drop_table("web_sessions")

@@ -22,6 +22,9 @@ def make_engine(settings: Settings, **kw: Any) -> Engine:
     # a disconnect error, SQLAlchemy then invalidates the pool, and the caller retries (API: 503,
     # worker: task retry with backoff).
     kw.setdefault("pool_recycle", 1800)
+    # Short OLTP queries only: PostgreSQL's JIT would compile for 100+ ms a query that runs in
+    # one (it prices a review `next` over 100,000 tasks high enough to trigger it).
+    kw.setdefault("connect_args", {}).setdefault("options", "-c jit=off")
     return create_engine(url, **kw)
 
 

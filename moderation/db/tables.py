@@ -207,6 +207,13 @@ decisions = Table(
     Column("reviewer_id", String(64), nullable=True),
     timestamp("decided_at", nullable=False, default=utcnow),
     UniqueConstraint("submission_id", "dedupe_key", name="uq_decisions_sub_key"),
+    # Who decided what (the appeal's conflict-of-interest rule reads it on every `next`).
+    Index(
+        "ix_decisions_reviewer",
+        "reviewer_id",
+        postgresql_where=text("reviewer_id IS NOT NULL"),
+        sqlite_where=text("reviewer_id IS NOT NULL"),
+    ),
 )
 
 # Human review: one task per submission and reason (the automated decision's, an appeal's, a
@@ -244,6 +251,12 @@ review_tasks = Table(
     UniqueConstraint("submission_id", "dedupe_key", name="uq_review_tasks_sub_key"),
     Index("ix_review_tasks_open", "tenant_id", "status", "queue", "created_at"),
     Index("ix_review_tasks_next", "tenant_id", "status", "priority", "due_at"),
+    Index(
+        "ix_review_tasks_decided_by",
+        "decided_by",
+        postgresql_where=text("decided_by IS NOT NULL"),
+        sqlite_where=text("decided_by IS NOT NULL"),
+    ),
 )
 
 # Appeals (DSA Art. 20): filed by the platform for its user against the current decision;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, exists, not_, or_, select, update
@@ -116,24 +116,38 @@ def next_task(
 
     Order: (non-graphic first when the reviewer's exposure budget is spent), priority, due
     time, age. Appeals of submissions the reviewer decided before are never offered."""
-    conditions = [visible(reviewer), claimable(now), not_(conflicted(reviewer))]
+    base = [visible(reviewer), not_(conflicted(reviewer))]
     if queue:
-        conditions.append(t.queue == queue)
+        base.append(t.queue == queue)
     order = [t.priority, t.due_at, t.created_at, t.id]
     if prefer_non_graphic:
         order.insert(0, t.graphic)
+    # Two index scans (open tasks; claims whose lease ran out) rather than one OR, which would
+    # sort the whole table; their heads are merged here.
+    states = [t.status == ReviewStatus.OPEN, and_(t.status == ReviewStatus.CLAIMED, t.lease_until < now)]
     for _ in range(3):  # SQLite: a parallel writer may win every candidate of one read
-        stmt = select(t.id).where(and_(*conditions)).order_by(*order).limit(4)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True, of=review_tasks)
-        ids = conn.execute(stmt).scalars().all()
-        if not ids:
+        rows: list[Any] = []
+        for state in states:
+            stmt = select(t.id, *order).where(and_(state, *base)).order_by(*order).limit(4)
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=review_tasks)
+            rows += conn.execute(stmt).all()
+        if not rows:
             return None
-        for task_id in ids:
-            token = _take(conn, task_id, reviewer, now, lease_s)
+        rows.sort(key=_rank)
+        for row in rows:
+            token = _take(conn, row.id, reviewer, now, lease_s)
             if token:
-                return claimed_view(conn, task_id, token, now)
+                return claimed_view(conn, row.id, token, now)
     return None
+
+
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _rank(row: Any) -> tuple[Any, ...]:
+    """The ORDER BY of `next_task`, in Python (a missing due time sorts last)."""
+    return tuple(_LAST if v is None else (as_utc(v) if isinstance(v, datetime) else v) for v in row[1:])
 
 
 def get_task(conn: Connection, reviewer: Reviewer, task_id: str, *, lock: bool = False) -> Any:
