@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from moderation.access import sessions
+from moderation.access.ratelimit import Bucket
 from moderation.db.tables import utcnow
 from moderation.errors import ModerationError
 from moderation.pipeline.context import Context
@@ -141,9 +142,15 @@ def sign_in(
     if not pre or not hmac.compare_digest(pre, csrf):
         return _redirect("/console/sign-in?error=stale")
     ctx = _ctx(request)
+    s = ctx.settings
+    address = request.client.host if request.client else "unknown"
+    guessing = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
     try:
         who = ctx.keys.authenticate(f"Bearer {key.strip()}")
     except ModerationError:
+        # The API's budget of unknown keys per address: the form is no way around it.
+        if s.rate_limit and ctx.limiter.take([guessing]):
+            return _page(request, "sign_in.html", status=429, csrf=csrf, next=_local(next), error="limited")
         return _page(request, "sign_in.html", status=401, csrf=csrf, next=_local(next), error="unknown")
     if not set(REVIEW_ROLES) & who.roles:
         return _page(request, "sign_in.html", status=403, csrf=csrf, next=_local(next), error="role")

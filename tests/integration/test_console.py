@@ -147,3 +147,16 @@ def test_docs_are_served_without_a_cdn(client: Any) -> None:
     assert assets and all(a.startswith("/") for a in assets), assets
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+def test_guessing_keys_at_the_sign_in_form_is_rate_limited(ctx: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from moderation.api.app import create_app
+    from moderation.settings import Settings
+
+    settings = Settings(rate_limit=True)
+    burst = int(settings.rate_limit_auth_failures_burst)
+    with TestClient(create_app(settings, ctx), client=(f"guesser-{key_id(review_keys(ctx, 'consoleco-guess')['mod1'])}", 1)) as c:
+        codes = [sign_in(c, f"mk_000000000000_guess{i}").status_code for i in range(burst + 5)]
+    assert codes[:burst] == [401] * burst and codes[-1] == 429, codes

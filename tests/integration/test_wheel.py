@@ -1,5 +1,6 @@
 """A wheel built from the repository, installed into a fresh virtualenv outside it, migrates and
-decides a submission on the embedded default: policies/ and migrations/ ship as package data."""
+decides a submission on the embedded default: policies/ and migrations/ ship as package data,
+and so do the console's templates and assets."""
 
 from __future__ import annotations
 
@@ -105,6 +106,11 @@ def test_wheel_outside_the_repository_migrates_and_decides(tmp_path: Path) -> No
         )
         assert '"status": "decided"' in submitted.stdout and '"action": "allow"' in submitted.stdout, submitted.stdout
         assert '"id": "hash-only"' in submitted.stdout
+        # The console's templates and assets, and the docs' assets, come with the installed package.
+        sign_in = httpx.get(f"http://127.0.0.1:{port}/console/sign-in", timeout=10)
+        assert sign_in.status_code == 200 and "API key" in sign_in.text
+        assert httpx.get(f"http://127.0.0.1:{port}/console/static/console.css", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
     finally:
         stop_session(up, 30)
         log.close()
