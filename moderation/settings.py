@@ -215,6 +215,14 @@ class Settings(BaseSettings):
     client_api_key: str | None = Field(default=None, validation_alias=AliasChoices("MODERATION_API_KEY"))
     cuda_visible_devices: str | None = Field(default=None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES"))
 
+    @field_validator("rate_limit_tenants")
+    @classmethod
+    def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(t for t, rate in value.items() if not rate > 0)
+        if bad:
+            raise ValueError(f"a tenant's rate is a positive number of requests/s: {bad}")
+        return value
+
     @field_validator(
         "migrate_database_url",
         "service_db_password",

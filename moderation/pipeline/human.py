@@ -14,7 +14,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from moderation import audit, callbacks
 from moderation.banks.admin import add_entries
-from moderation.db.tables import AUTOMATED, appeals, decisions, review_tasks, submissions, utcnow
+from moderation.db.tables import AUTOMATED, appeals, banks, decisions, review_tasks, submissions, utcnow
 from moderation.errors import ModerationError
 from moderation.intake.text import check_text
 from moderation.pipeline.context import Context
@@ -23,9 +23,9 @@ from moderation.policy.schema import TAXONOMY
 from moderation.queue import Q_CALLBACKS, T_CALLBACK
 from moderation.review import golden
 from moderation.review.appeals import current_decision
-from moderation.review.leases import held, task_json
+from moderation.review.leases import check_conflict, held, task_json
 from moderation.review.reviewer import Reviewer
-from moderation.review.tasks import ESCALATION_QUEUE, sla_s
+from moderation.review.tasks import ESCALATION_QUEUE, RESTRICTED_QUEUE, TIER, sla_s
 from moderation.submissions.status import view
 from moderation.vocab import AppealOutcome, ReviewStatus, SubmissionStatus, TaskKind
 
@@ -86,6 +86,9 @@ def decide(
     now = now or utcnow()
     with ctx.engine.begin() as conn:
         task = held(conn, reviewer, task_id, d.claim_token, now)
+        # Checked again at the decision, not only at the claim: one may have decided the
+        # submission (another of its tasks) after claiming its appeal.
+        check_conflict(conn, reviewer, task)
         sub = conn.execute(select(submissions).where(submissions.c.id == task.submission_id)).one()
         if task.golden:
             if d.action is None:
@@ -95,6 +98,11 @@ def decide(
             return {"task": _task(conn, task.id, now), **result}
         if d.action == "escalate":
             return _escalate(conn, ctx.policies.get(sub.policy_id), reviewer, task, d, now)
+        if "child_safety" in d.categories and not task.restricted:
+            # Child-safety material is decided in the restricted queue, by those cleared for it.
+            return _escalate(conn, ctx.policies.get(sub.policy_id), reviewer, task, d, now, restrict=True)
+        if d.add_to_bank:
+            check_bank_use(conn, reviewer, d)
         if task.appeal_id:
             result, event = _appeal(conn, reviewer, task, sub, d, ctx.policies.get(sub.policy_id), now)
         else:
@@ -113,6 +121,21 @@ def decide(
     for sid in queued:
         ctx.publisher.send(T_CALLBACK, [sid], Q_CALLBACKS)
     return body
+
+
+def check_bank_use(conn: Connection, reviewer: Reviewer, d: HumanDecision) -> None:
+    """A moderator may put a copy into a known-bad bank when the decision restricts it; a
+    known-good bank (copies allowed without any model) takes an admin. Raises NOT_FOUND for a
+    bank the tenant does not have, FORBIDDEN, INVALID_REQUEST."""
+    bank = conn.execute(
+        select(banks.c.kind).where(and_(banks.c.tenant_id == reviewer.tenant_id, banks.c.name == d.add_to_bank))
+    ).first()
+    if bank is None:
+        raise ModerationError("NOT_FOUND", "No such bank.")
+    if bank.kind == "good" and "admin" not in reviewer.roles:
+        raise ModerationError("FORBIDDEN", "Only an admin adds images to a known-good bank.")
+    if bank.kind == "bad" and d.action not in ("block", "restrict"):
+        raise ModerationError("INVALID_REQUEST", "A known-bad bank takes images that are blocked or restricted.")
 
 
 def _task(conn: Connection, task_id: str, now: datetime) -> dict[str, Any]:
@@ -134,23 +157,32 @@ def _close(conn: Connection, task: Any, reviewer: Reviewer, now: datetime) -> No
 
 
 def _escalate(
-    conn: Connection, policy: Policy | None, reviewer: Reviewer, task: Any, d: HumanDecision, now: datetime
+    conn: Connection,
+    policy: Policy | None,
+    reviewer: Reviewer,
+    task: Any,
+    d: HumanDecision,
+    now: datetime,
+    restrict: bool = False,
 ) -> dict[str, Any]:
-    if not d.reason:
+    """To the escalation queue (seniors), or with `restrict` to the restricted queue."""
+    if not d.reason and not restrict:
         raise ModerationError("REASON_REQUIRED", "An escalation needs a reason for the senior moderator.")
+    queue = RESTRICTED_QUEUE if restrict else ESCALATION_QUEUE
     conn.execute(
         update(review_tasks)
         .where(review_tasks.c.id == task.id)
         .values(
             # An escalated appeal keeps its appeal_id: its outcome is still owed, by a senior.
             kind=TaskKind.ESCALATION,
-            queue=ESCALATION_QUEUE,
+            queue=queue,
+            restricted=bool(task.restricted) or restrict,
             status=ReviewStatus.OPEN,
             claimed_by=None,
             claim_token_hash=None,
             lease_until=None,
             priority=max(0, int(task.priority) - ESCALATION_BOOST),
-            due_at=now + timedelta(seconds=sla_s(policy, ESCALATION_QUEUE)),
+            due_at=now + timedelta(seconds=sla_s(policy, queue)),
         )
     )
     audit.append(
@@ -172,7 +204,7 @@ def _escalate(
             )
         ],
     )
-    return {"task": _task(conn, task.id, now), "escalated": True}
+    return {"task": _task(conn, task.id, now), "escalated": True, "to_queue": queue}
 
 
 def _human_row(
@@ -222,7 +254,7 @@ def _statement(
     appeal: bool,
 ) -> dict[str, Any]:
     """The DSA fields of a human decision."""
-    top = d.categories[0] if d.categories else (task.category or None)
+    top = min(d.categories, key=lambda c: TIER.get(c, 99)) if d.categories else (task.category or None)
     rule = policy.categories.get(top) if policy and top else None
     flagged = automated is not None
     return {
@@ -302,7 +334,12 @@ def _appeal(
         raise ModerationError("INVALID_REQUEST", "An appeal's decision needs an outcome.", field="outcome")
     if not d.reason:
         raise ModerationError("REASON_REQUIRED", "Every appeal outcome needs a reason (it is sent to the user).")
-    appealed = current_decision(conn, sub.id)
+    row = conn.execute(select(appeals.c.decision_id).where(appeals.c.id == task.appeal_id)).first()
+    appealed = (
+        conn.execute(select(decisions).where(decisions.c.id == row.decision_id)).first()
+        if row is not None
+        else current_decision(conn, sub.id)
+    )
     changed = d.outcome != AppealOutcome.UPHELD
     action = d.action if changed else (appealed.action if appealed is not None else None)
     if changed and d.action is None:
@@ -327,6 +364,8 @@ def _appeal(
         select(decisions).where(and_(decisions.c.submission_id == sub.id, decisions.c.dedupe_key == AUTOMATED))
     ).first()
     facts = {
+        # The statement of reasons of the outcome (what stands now), then the appeal's own facts.
+        **_statement(sub, policy, automated, str(action), d, reviewer, task, now, appeal=True),
         "appeal_id": task.appeal_id,
         "outcome": d.outcome,
         "previous_action": appealed.action if appealed is not None else None,

@@ -16,10 +16,12 @@ from moderation.db.tables import appeals, as_utc, decisions, iso, review_tasks, 
 from moderation.errors import ModerationError
 from moderation.intake.text import check_text
 from moderation.policy import Policy
-from moderation.review.tasks import APPEALS_QUEUE, is_graphic, priority_of, sla_s
+from moderation.review.reviewer import restricted_submissions
+from moderation.review.tasks import APPEALS_QUEUE, child_safety_mark, is_graphic, priority_of, sla_s
 from moderation.vocab import ReviewStatus, TaskKind
 
 MAX_STATEMENT = 5000
+PROVISIONAL = ("review", "escalate")  # an automated hand-over to people, not a decision to appeal
 
 
 def current_decision(conn: Connection, submission_id: str) -> Any:
@@ -69,27 +71,32 @@ def file_appeal(
     sub = conn.execute(lock.with_for_update() if conn.dialect.name == "postgresql" else lock).first()
     if sub is None:
         raise ModerationError("NOT_FOUND", f"No submission {submission_id[:64]!r}.")
-    decision = current_decision(conn, sub.id)
-    if decision is None:
-        raise ModerationError("NOT_DECIDED")
-    closes = as_utc(decision.decided_at) + timedelta(days=window_days)
-    if now > closes:
-        raise ModerationError("APPEAL_WINDOW_CLOSED", f"Appeals of this decision closed at {closes.isoformat()}.")
     if conn.execute(
         select(appeals.c.id).where(and_(appeals.c.submission_id == sub.id, appeals.c.status == "open"))
     ).first():
         raise ModerationError("APPEAL_OPEN")
+    decision = current_decision(conn, sub.id)
+    if decision is None or decision.action in PROVISIONAL:
+        # Nothing final to appeal yet: a person still has to decide (its review task is open).
+        raise ModerationError("NOT_DECIDED")
+    pending = conn.execute(
+        select(review_tasks.c.id).where(
+            and_(
+                review_tasks.c.submission_id == sub.id,
+                review_tasks.c.status != ReviewStatus.DONE,
+                review_tasks.c.golden.is_(False),
+            )
+        )
+    ).first()
+    if pending is not None:
+        raise ModerationError("NOT_DECIDED", "A review of this submission is still open; appeal its outcome.")
+    closes = as_utc(decision.decided_at) + timedelta(days=window_days)
+    if now > closes:
+        raise ModerationError("APPEAL_WINDOW_CLOSED", f"Appeals of this decision closed at {closes.isoformat()}.")
     policy = policies.get(sub.policy_id)
     appeal_id, task_id = secrets.token_hex(16), secrets.token_hex(16)
     due = now + timedelta(seconds=sla_s(policy, APPEALS_QUEUE))
-    restricted = (
-        conn.execute(
-            select(review_tasks.c.id).where(
-                and_(review_tasks.c.submission_id == sub.id, review_tasks.c.restricted.is_(True))
-            )
-        ).first()
-        is not None
-    )
+    restricted = sub.id in restricted_submissions(conn, [sub.id], child_safety_mark(policy))
     scores = {k: float(v) for k, v in (decision.categories or {}).items()}
     top = max(scores, key=lambda k: scores[k]) if scores else None
     try:
@@ -158,12 +165,15 @@ def file_appeal(
     return appeal_json(row)
 
 
-def list_appeals(conn: Connection, tenant_id: str, submission_id: str) -> list[dict[str, Any]]:
-    """The submission's appeals, oldest first. Raises NOT_FOUND for another tenant's submission."""
+def list_appeals(
+    conn: Connection, tenant_id: str, submission_id: str, hide_restricted: bool = False
+) -> list[dict[str, Any]]:
+    """The submission's appeals, oldest first. Raises NOT_FOUND for another tenant's submission
+    (and, with `hide_restricted`, for child-safety material)."""
     sub = conn.execute(
         select(submissions.c.id).where(and_(submissions.c.id == submission_id, submissions.c.tenant_id == tenant_id))
     ).first()
-    if sub is None:
+    if sub is None or (hide_restricted and restricted_submissions(conn, [submission_id])):
         raise ModerationError("NOT_FOUND", f"No submission {submission_id[:64]!r}.")
     rows = conn.execute(
         select(appeals).where(appeals.c.submission_id == submission_id).order_by(appeals.c.created_at)

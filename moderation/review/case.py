@@ -16,6 +16,7 @@ from moderation.analyzers.base import Finding
 from moderation.db.tables import AUTOMATED, appeals, decisions, findings, iso, submissions
 from moderation.policy import Policy
 from moderation.review.leases import task_json
+from moderation.review.reviewer import restricted_submissions
 
 HISTORY = 10
 _QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
@@ -86,7 +87,7 @@ def decision_view(d: Any) -> dict[str, Any]:
     }
 
 
-def _history(conn: Connection, sub: Any) -> list[dict[str, Any]]:
+def _history(conn: Connection, sub: Any, show_restricted: bool) -> list[dict[str, Any]]:
     if not sub.uploader_id:
         return []
     rows = conn.execute(
@@ -101,6 +102,9 @@ def _history(conn: Connection, sub: Any) -> list[dict[str, Any]]:
         .order_by(submissions.c.created_at.desc())
         .limit(HISTORY)
     ).all()
+    if not show_restricted:  # child-safety material does not exist for this reviewer
+        hidden = restricted_submissions(conn, [r.id for r in rows])
+        rows = [r for r in rows if r.id not in hidden]
     actions: dict[str, tuple[bool, int, str]] = {}
     if rows:
         for d in conn.execute(
@@ -123,7 +127,12 @@ def _history(conn: Connection, sub: Any) -> list[dict[str, Any]]:
 
 
 def build_case(
-    conn: Connection, task: Any, policies: dict[str, Policy], now: Any, tasks_url: str = "/v1/review/tasks"
+    conn: Connection,
+    task: Any,
+    policies: dict[str, Policy],
+    now: Any,
+    tasks_url: str = "/v1/review/tasks",
+    show_restricted: bool = False,
 ) -> dict[str, Any]:
     """The case of `task` (a row the caller may see)."""
     sub = conn.execute(select(submissions).where(submissions.c.id == task.submission_id)).one()
@@ -174,7 +183,7 @@ def build_case(
         "findings": [finding_view(f, policy) for f in found],
         "automated_decision": decision_view(automated) if automated is not None else None,
         "human_decisions": human,
-        "uploader_history": _history(conn, sub),
+        "uploader_history": _history(conn, sub, show_restricted),
         "appeal": appeal,
         "policy": {
             "id": sub.policy_id,

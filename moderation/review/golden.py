@@ -13,11 +13,12 @@ from sqlalchemy import Connection, and_, exists, func, insert, select
 
 from moderation import audit
 from moderation.db.sql import upsert
-from moderation.db.tables import decisions, golden_answers, golden_items, iso, review_tasks, submissions
+from moderation.db.tables import AUTOMATED, decisions, golden_answers, golden_items, iso, review_tasks, submissions
 from moderation.errors import ModerationError
+from moderation.policy import Policy
 from moderation.review.leases import claimed_view, token_hash
-from moderation.review.reviewer import Reviewer
-from moderation.review.tasks import priority_of
+from moderation.review.reviewer import Reviewer, restricted_submissions
+from moderation.review.tasks import is_graphic, priority_of, sla_s
 from moderation.vocab import ReviewStatus, TaskKind
 
 ANSWERS = ("allow", "restrict", "block", "escalate")
@@ -62,26 +63,37 @@ def mark(
     return {"submission_id": submission_id, "expected_action": expected, "created_at": now.isoformat()}
 
 
-def serve(conn: Connection, reviewer: Reviewer, now: datetime, lease_s: float) -> dict[str, Any] | None:
-    """Open and claim a golden task for the reviewer (None: no item left for them)."""
+def serve(
+    conn: Connection, reviewer: Reviewer, now: datetime, lease_s: float, policies: dict[str, Policy] | None = None
+) -> dict[str, Any] | None:
+    """Open and claim a golden task for the reviewer (None: no item left for them). It looks like
+    the task the item's automated decision would open: its category, graphic flag, queue SLA."""
     if not reviewer.general:
         return None
     dedupe = f"golden:{reviewer.key_id}"
     seen = exists().where(
         and_(review_tasks.c.submission_id == golden_items.c.submission_id, review_tasks.c.dedupe_key == dedupe)
     )
-    restricted = exists().where(
-        and_(review_tasks.c.submission_id == golden_items.c.submission_id, review_tasks.c.restricted.is_(True))
-    )
-    item = conn.execute(
+    items = conn.execute(
         select(golden_items, submissions.c.priority, submissions.c.policy_id)
         .join(submissions, submissions.c.id == golden_items.c.submission_id)
-        .where(and_(golden_items.c.tenant_id == reviewer.tenant_id, ~seen, ~restricted))
+        .where(and_(golden_items.c.tenant_id == reviewer.tenant_id, ~seen))
         .order_by(func.random())
-        .limit(1)
-    ).first()
+        .limit(10)
+    ).all()
+    # Child-safety material is never a golden item for the general queues.
+    restricted = restricted_submissions(conn, [i.submission_id for i in items])
+    item = next((i for i in items if i.submission_id not in restricted), None)
     if item is None:
         return None
+    policy = (policies or {}).get(item.policy_id)
+    auto = conn.execute(
+        select(decisions.c.categories).where(
+            and_(decisions.c.submission_id == item.submission_id, decisions.c.dedupe_key == AUTOMATED)
+        )
+    ).first()
+    scores = {k: float(v) for k, v in ((auto.categories if auto else None) or {}).items() if isinstance(v, int | float)}
+    top = max(scores, key=lambda k: scores[k]) if scores else None
     task_id, token = secrets.token_hex(16), secrets.token_urlsafe(24)
     conn.execute(
         insert(review_tasks).values(
@@ -91,12 +103,12 @@ def serve(conn: Connection, reviewer: Reviewer, now: datetime, lease_s: float) -
             dedupe_key=dedupe,
             kind=TaskKind.REVIEW,
             queue="default",
-            reason="review",
+            reason="threshold",
             status=ReviewStatus.CLAIMED,
-            priority=priority_of(None, 0.0, item.priority),
+            priority=priority_of(top, scores.get(top, 0.0) if top else 0.0, item.priority),
             restricted=False,
-            graphic=False,
-            category=None,
+            graphic=is_graphic(policy, scores),
+            category=top,
             policy_id=item.policy_id,
             golden=True,
             breached=False,
@@ -104,8 +116,9 @@ def serve(conn: Connection, reviewer: Reviewer, now: datetime, lease_s: float) -
             claim_token_hash=token_hash(token),
             claimed_at=now,
             lease_until=now + timedelta(seconds=lease_s),
+            # Created "now" like a fresh task, due as its queue's SLA says.
             created_at=now,
-            due_at=now + timedelta(days=1),
+            due_at=now + timedelta(seconds=sla_s(policy, "default")),
         )
     )
     return claimed_view(conn, task_id, token, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from moderation.review.reviewer import Reviewer, may_see, visible
 from moderation.vocab import ReviewStatus
 
 t = review_tasks.c
+TASK_ID = re.compile(r"[0-9a-f]{32}")  # anything else names no task (and never reaches the driver)
 
 
 def claimable(now: datetime) -> Any:
@@ -111,14 +113,18 @@ def next_task(
     lease_s: float,
     queue: str | None = None,
     prefer_non_graphic: bool = False,
+    exclude: str | None = None,
 ) -> dict[str, Any] | None:
     """Claim the most urgent open task the reviewer may take (None: nothing to do).
 
     Order: (non-graphic first when the reviewer's exposure budget is spent), priority, due
     time, age. Appeals of submissions the reviewer decided before are never offered."""
-    base = [visible(reviewer), not_(conflicted(reviewer))]
+    # Golden tasks are made for one moderator at a time (golden.serve), never taken from the pool.
+    base = [visible(reviewer), not_(conflicted(reviewer)), t.golden.is_(False)]
     if queue:
         base.append(t.queue == queue)
+    if exclude:
+        base.append(t.id != exclude)
     order = [t.priority, t.due_at, t.created_at, t.id]
     if prefer_non_graphic:
         order.insert(0, t.graphic)
@@ -155,7 +161,7 @@ def get_task(conn: Connection, reviewer: Reviewer, task_id: str, *, lock: bool =
     stmt = select(review_tasks).where(and_(t.id == task_id, t.tenant_id == reviewer.tenant_id))
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first() if len(task_id) <= 32 else None
+    row = conn.execute(stmt).first() if TASK_ID.fullmatch(task_id) else None
     if row is None or not may_see(reviewer, row):
         raise ModerationError("NOT_FOUND", f"No review task {task_id[:64]!r}.")
     return row
@@ -173,7 +179,7 @@ def check_conflict(conn: Connection, reviewer: Reviewer, row: Any) -> None:
 def claim(conn: Connection, reviewer: Reviewer, task_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
     """Claim one task. Raises NOT_FOUND, TASK_CLOSED, ALREADY_CLAIMED, CONFLICT_OF_INTEREST."""
     row = get_task(conn, reviewer, task_id, lock=True)
-    if row.status == ReviewStatus.DONE:
+    if row.status == ReviewStatus.DONE or (row.golden and row.claimed_by != reviewer.key_id):
         raise ModerationError("TASK_CLOSED")
     check_conflict(conn, reviewer, row)
     token = _take(conn, row.id, reviewer, now, lease_s)
@@ -222,20 +228,34 @@ def heartbeat(
 def release(conn: Connection, reviewer: Reviewer, task_id: str, token: str | None, now: datetime) -> dict[str, Any]:
     """Give the task back to its queue (skip)."""
     row = held(conn, reviewer, task_id, token, now)
+    # A golden task given back is withdrawn, not offered to others.
+    status = ReviewStatus.DONE if row.golden else ReviewStatus.OPEN
     conn.execute(
         update(review_tasks)
         .where(t.id == row.id)
-        .values(status=ReviewStatus.OPEN, claimed_by=None, claim_token_hash=None, lease_until=None)
+        .values(
+            status=status,
+            claimed_by=None,
+            claim_token_hash=None,
+            lease_until=None,
+            closed_at=now if row.golden else None,
+        )
     )
     return task_json(conn.execute(select(review_tasks).where(t.id == row.id)).one(), now)
 
 
 def expire(conn: Connection, now: datetime) -> int:
-    """Write expired leases back to open (beat); returns how many."""
+    """Write expired leases back to open (beat), withdrawing golden tasks; returns how many."""
+    expired = and_(t.status == ReviewStatus.CLAIMED, t.lease_until < now)
+    conn.execute(
+        update(review_tasks)
+        .where(and_(expired, t.golden.is_(True)))
+        .values(status=ReviewStatus.DONE, claim_token_hash=None, lease_until=None, closed_at=now)
+    )
     return int(
         conn.execute(
             update(review_tasks)
-            .where(and_(t.status == ReviewStatus.CLAIMED, t.lease_until < now))
+            .where(and_(expired, t.golden.is_(False)))
             .values(status=ReviewStatus.OPEN, claimed_by=None, claim_token_hash=None, lease_until=None)
         ).rowcount
     )

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
 from moderation.db.tables import as_utc, review_tasks
 from moderation.errors import ModerationError
+from moderation.intake.text import check_text
 from moderation.review.leases import claimable, task_json
 from moderation.review.reviewer import Reviewer, visible
 from moderation.review.tasks import OVERDUE_BOOST
@@ -33,7 +35,10 @@ class TaskFilter:
     mine: bool = False
 
     def check(self) -> None:
-        """Raises ModerationError INVALID_REQUEST for a kind or status outside the vocabulary."""
+        """Raises ModerationError INVALID_REQUEST for a kind or status outside the vocabulary, or a
+        filter that is not text (control characters: PostgreSQL refuses NUL)."""
+        for name in ("queue", "category", "policy"):
+            check_text(name, getattr(self, name), 64)
         if self.kind is not None and self.kind not in set(TaskKind):
             raise ModerationError("INVALID_REQUEST", f"kind is one of {', '.join(TaskKind)}.", field="kind")
         if self.status is not None and self.status not in set(ReviewStatus):
@@ -49,7 +54,9 @@ def _after(cursor: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, task_id = raw.split("|", 1)
-        at = datetime.fromisoformat(when)
+        at = datetime.fromisoformat(when).astimezone(UTC)
+        if not re.fullmatch(r"[0-9a-f]{32}", task_id):
+            raise ValueError("not a task id")
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ModerationError("INVALID_REQUEST", "cursor is not one this API gave out.", field="cursor") from exc
     return or_(t.created_at > at, and_(t.created_at == at, t.id > task_id))
@@ -150,7 +157,7 @@ def age_overdue(conn: Connection, now: datetime) -> int:
     return int(
         conn.execute(
             update(review_tasks)
-            .where(and_(t.status != ReviewStatus.DONE, t.breached.is_(False), t.due_at < now))
+            .where(and_(t.status != ReviewStatus.DONE, t.breached.is_(False), t.golden.is_(False), t.due_at < now))
             .values(breached=True, priority=least(t.priority - OVERDUE_BOOST, 0))
         ).rowcount
     )

@@ -66,3 +66,30 @@ def may_see(reviewer: Reviewer, task: Any) -> bool:
     if task.kind == TaskKind.ESCALATION:
         return reviewer.senior
     return reviewer.general
+
+
+def restricted_submissions(conn: Any, submission_ids: list[str], review_at: float = 0.05) -> set[str]:
+    """Which of these submissions are child-safety material, whatever path they took: a
+    restricted task, or any decision (automated, human, a bank match) that scored `child_safety`
+    at or above `review_at`. Their tasks are restricted, and to callers without
+    `restricted_reviewer` they do not exist."""
+    from sqlalchemy import select
+
+    from moderation.db.tables import decisions
+
+    if not submission_ids:
+        return set()
+    out = set(
+        conn.execute(
+            select(review_tasks.c.submission_id).where(
+                and_(review_tasks.c.submission_id.in_(submission_ids), review_tasks.c.restricted.is_(True))
+            )
+        ).scalars()
+    )
+    for sid, categories in conn.execute(
+        select(decisions.c.submission_id, decisions.c.categories).where(decisions.c.submission_id.in_(submission_ids))
+    ).all():
+        score = (categories or {}).get("child_safety")
+        if isinstance(score, int | float) and score >= review_at:
+            out.add(sid)
+    return out

@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from moderation.intake.text import check_text
+from moderation.policy import Policy
 from moderation.review import golden
 from moderation.review.leases import next_task
 from moderation.review.media import exposure
@@ -25,15 +27,25 @@ def serve_next(
     golden_rate: float,
     budget: int,
     queue: str | None = None,
+    exclude: str | None = None,
+    policies: dict[str, Policy] | None = None,
 ) -> dict[str, Any] | None:
     """Claim the next task for the reviewer (None: nothing to do). The result carries the
     reviewer's `exposure` so that the console can say when to take a break."""
+    check_text("queue", queue, 64)
     spent = exposure(conn, reviewer, budget, now)
     task = None
-    if queue in (None, "", "default") and golden_rate > 0 and secrets.randbelow(1_000_000) < golden_rate * 1_000_000:
-        task = golden.serve(conn, reviewer, now, lease_s)
+    if (
+        not exclude
+        and queue in (None, "", "default")
+        and golden_rate > 0
+        and secrets.randbelow(1_000_000) < golden_rate * 1_000_000
+    ):
+        task = golden.serve(conn, reviewer, now, lease_s, policies)
     if task is None:
-        task = next_task(conn, reviewer, now, lease_s, queue or None, prefer_non_graphic=spent.exceeded)
+        task = next_task(
+            conn, reviewer, now, lease_s, queue or None, prefer_non_graphic=spent.exceeded, exclude=exclude
+        )
     if task is not None:
         task["exposure"] = spent.to_json()
     return task

@@ -27,7 +27,7 @@ QA_QUEUE = "qa"
 
 # Severity tiers of the worst category (lower is served first); within a tier a higher score
 # comes first, then the submission's own priority.
-_TIER = {
+TIER = {
     "child_safety": 0,
     "self_harm": 10,
     "violence_gore": 20,
@@ -45,7 +45,7 @@ OVERDUE_BOOST = 20  # an overdue task moves this far up, once
 
 def priority_of(category: str | None, score: float, submission_priority: str | None) -> int:
     """The task's priority: the severity of the worst category, its score, the submission's priority."""
-    tier = _TIER.get(category or "", _UNKNOWN_TIER)
+    tier = TIER.get(category or "", _UNKNOWN_TIER)
     return tier + round((1.0 - min(max(score, 0.0), 1.0)) * 9) + Priority.of(submission_priority).review_rank
 
 
@@ -57,6 +57,12 @@ def is_graphic(policy: Policy | None, scores: dict[str, float]) -> bool:
         if scores.get(cat, 0.0) >= mark:
             return True
     return False
+
+
+def child_safety_mark(policy: Policy | None) -> float:
+    """The score from which a submission counts as child-safety material (restricted)."""
+    rule = policy.categories.get("child_safety") if policy else None
+    return rule.review_at if rule else 0.05
 
 
 def sla_s(policy: Policy | None, queue: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -87,6 +88,15 @@ def _session(request: Request, token: str | None) -> tuple[sessions.WebSession, 
     return session, reviewer
 
 
+def _reload(request: Request, token: str | None) -> sessions.WebSession:
+    """The session as it is now (its claims changed). Raises SignInRequired if it just ended."""
+    with _ctx(request).engine.connect() as conn:
+        session = sessions.load_session(conn, token, utcnow())
+    if session is None:
+        raise SignInRequired
+    return session
+
+
 def _check_csrf(session: sessions.WebSession, sent: str | None) -> None:
     if not sent or not hmac.compare_digest(sent, session.csrf):
         raise ModerationError("FORBIDDEN", "The form is stale or came from elsewhere (CSRF token). Reload the page.")
@@ -113,6 +123,8 @@ def guarded(handler: Any) -> Any:
 
     return wrapper
 
+
+_BLOCKED: dict[str, float] = {}  # addresses over their budget of unknown keys, until when
 
 SessionCookie = Annotated[str | None, Cookie(alias=COOKIE)]
 
@@ -145,11 +157,17 @@ def sign_in(
     s = ctx.settings
     address = request.client.host if request.client else "unknown"
     guessing = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
+    blocked = _BLOCKED.get(address, 0.0) > time.monotonic()
     try:
-        who = ctx.keys.authenticate(f"Bearer {key.strip()}")
+        # An address over its budget of unknown keys gets no lookup: only keys this process knows.
+        who = ctx.keys.authenticate(f"Bearer {key.strip()}", not blocked)
     except ModerationError:
         # The API's budget of unknown keys per address: the form is no way around it.
-        if s.rate_limit and ctx.limiter.take([guessing]):
+        wait = ctx.limiter.take([guessing]) if s.rate_limit and not blocked else 0.0
+        if blocked or wait:
+            if len(_BLOCKED) > 100_000:
+                _BLOCKED.clear()
+            _BLOCKED.setdefault(address, time.monotonic() + max(wait, 1.0))
             return _page(request, "sign_in.html", status=429, csrf=csrf, next=_local(next), error="limited")
         return _page(request, "sign_in.html", status=401, csrf=csrf, next=_local(next), error="unknown")
     if not set(REVIEW_ROLES) & who.roles:
@@ -233,6 +251,7 @@ def _next(request: Request, session: sessions.WebSession, reviewer: Reviewer, qu
             golden_rate=s.golden_rate,
             budget=s.exposure_budget_per_hour,
             queue=queue,
+            policies=ctx.policies,
         )
         if task is None:
             return _redirect("/console?empty=" + quote(queue or "all"))
@@ -261,7 +280,9 @@ def _case(
     now = utcnow()
     with ctx.engine.connect() as conn:
         task = leases.get_task(conn, reviewer, task_id[:32])
-        case = build_case(conn, task, ctx.policies, now, tasks_url="/console/tasks")
+        case = build_case(
+            conn, task, ctx.policies, now, tasks_url="/console/tasks", show_restricted=reviewer.restricted
+        )
         spent = media.exposure(conn, reviewer, ctx.settings.exposure_budget_per_hour, now)
     held = leases.holds(task, reviewer, now) and task.id in session.claims
     return _page(
@@ -323,11 +344,8 @@ def skip(
     with ctx.engine.begin() as conn:
         leases.release(conn, reviewer, task_id[:32], session.claims.get(task_id[:32]), utcnow())
         sessions.remember_claim(conn, session, task_id[:32], None)
-    with ctx.engine.connect() as conn:
-        fresh = sessions.load_session(conn, token, utcnow())
-    assert fresh is not None
-    # The skipped task is open again and would come straight back: serve the others first.
-    return _next_except(request, fresh, reviewer, queue or None, task_id[:32])
+    # The skipped task is open again and would come straight back: serve the others.
+    return _next_except(request, _reload(request, token), reviewer, queue or None, task_id[:32])
 
 
 def _next_except(
@@ -344,10 +362,8 @@ def _next_except(
             golden_rate=0.0,
             budget=s.exposure_budget_per_hour,
             queue=queue,
+            exclude=skipped,
         )
-        if task is not None and task["id"] == skipped:
-            leases.release(conn, reviewer, skipped, task["claim"]["token"], utcnow())
-            task = None
         if task is None:
             return _redirect("/console?empty=" + quote(queue or "all"))
         sessions.remember_claim(conn, session, task["id"], task["claim"]["token"])
@@ -405,7 +421,4 @@ def decision(
         sessions.remember_claim(conn, session, task_id[:32], None)
     if then != "next":
         return _redirect("/console")
-    with ctx.engine.connect() as conn:
-        fresh = sessions.load_session(conn, token, utcnow())
-    assert fresh is not None
-    return _next(request, fresh, reviewer, queue or None)
+    return _next(request, _reload(request, token), reviewer, queue or None)

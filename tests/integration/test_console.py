@@ -157,6 +157,8 @@ def test_guessing_keys_at_the_sign_in_form_is_rate_limited(ctx: Any) -> None:
 
     settings = Settings(rate_limit=True)
     burst = int(settings.rate_limit_auth_failures_burst)
-    with TestClient(create_app(settings, ctx), client=(f"guesser-{key_id(review_keys(ctx, 'consoleco-guess')['mod1'])}", 1)) as c:
+    with TestClient(
+        create_app(settings, ctx), client=(f"guesser-{key_id(review_keys(ctx, 'consoleco-guess')['mod1'])}", 1)
+    ) as c:
         codes = [sign_in(c, f"mk_000000000000_guess{i}").status_code for i in range(burst + 5)]
     assert codes[:burst] == [401] * burst and codes[-1] == 429, codes

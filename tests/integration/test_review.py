@@ -385,3 +385,146 @@ def test_overdue_tasks_move_up_and_count_as_breaches(ctx) -> None:
         assert again.priority == after.priority
         queues = {q["queue"]: q for q in backlog(conn, utcnow())}
         assert queues[after.queue]["breaches"] >= 1
+
+
+def test_conflict_of_interest_is_checked_again_at_the_decision(client, staff, ctx) -> None:
+    """Claiming an appeal first and deciding the submission afterwards (here: its golden copy)
+    does not let one person decide both."""
+    sid = seed_tasks(ctx, "reviewco", [{"scam_fraud": 0.95}])[0]  # blocked, final
+    filed = client.post(
+        f"/v1/submissions/{sid}/appeals", headers=auth(staff["submitter"]), json={"statement": "legit shop"}
+    )
+    assert filed.status_code == 201, filed.text
+    appeal_task = next(
+        t
+        for t in client.get(
+            "/v1/review/tasks", headers=auth(staff["mod2"]), params={"kind": "appeal", "limit": 500}
+        ).json()["tasks"]
+        if t["submission_id"] == sid
+    )
+    held = client.post(f"/v1/review/tasks/{appeal_task['id']}/claim", headers=auth(staff["mod2"])).json()
+    assert (
+        client.post(
+            "/v1/review/golden", headers=auth(staff["admin"]), json={"submission_id": sid, "expected_action": "block"}
+        ).status_code
+        == 201
+    )
+    mod2 = Reviewer(key_id(staff["mod2"]), "reviewco", frozenset({"moderator"}))
+    with ctx.engine.begin() as conn:
+        served = serve_next(conn, mod2, utcnow(), lease_s=600, golden_rate=1.0, budget=0)
+    assert served is not None and served["submission_id"] == sid
+    assert decide(client, staff["mod2"], served, action="block", reason="scam").status_code == 200
+    late = decide(client, staff["mod2"], held, outcome="reversed", action="allow", reason="I changed my mind")
+    assert late.status_code == 403 and late.json()["error"]["code"] == "CONFLICT_OF_INTEREST"
+
+
+def test_appeals_wait_for_a_final_decision(client, staff, ctx) -> None:
+    sid = seed_tasks(ctx, "reviewco", [{"hate": 0.6}])[0]  # the machine sent it to review
+    early = client.post(f"/v1/submissions/{sid}/appeals", headers=auth(staff["submitter"]), json={"statement": "why?"})
+    assert early.status_code == 409 and early.json()["error"]["code"] == "NOT_DECIDED"
+
+
+def test_child_safety_stays_restricted_on_every_path(client, staff, ctx) -> None:
+    # A general moderator who finds child-safety material hands it to the restricted queue.
+    sid = seed_tasks(ctx, "reviewco", [{"harassment": 0.55}])[0]
+    task = claim_of(client, staff["mod1"], sid)
+    r = decide(client, staff["mod1"], task, action="block", categories=["child_safety"], reason="a minor")
+    assert r.status_code == 200 and r.json()["to_queue"] == "restricted"
+    assert client.get(f"/v1/review/tasks/{task['id']}", headers=auth(staff["mod1"])).status_code == 404
+    assert client.get(f"/v1/review/tasks/{task['id']}", headers=auth(staff["restricted"])).status_code == 200
+    # A decision that scored child safety (a policy without escalation, say) makes its appeal restricted.
+    blocked = seed_tasks(ctx, "reviewco", [{"spam": 0.99}])[0]
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(decisions)
+            .where(decisions.c.submission_id == blocked)
+            .values(categories={"spam": 0.99, "child_safety": 0.9})
+        )
+    assert (
+        client.post(
+            f"/v1/submissions/{blocked}/appeals", headers=auth(staff["submitter"]), json={"statement": "no"}
+        ).status_code
+        == 201
+    )
+    for who in ("mod1", "senior"):
+        listed = client.get("/v1/review/tasks", headers=auth(staff[who]), params={"limit": 500}).json()["tasks"]
+        assert blocked not in {t["submission_id"] for t in listed}
+        # ...and the submission itself, its appeals and its history do not exist for them
+        assert client.get(f"/v1/submissions/{blocked}", headers=auth(staff[who])).status_code == 404
+        assert client.get(f"/v1/submissions/{blocked}/appeals", headers=auth(staff[who])).status_code == 404
+    assert blocked in {
+        t["submission_id"]
+        for t in client.get("/v1/review/tasks", headers=auth(staff["restricted"]), params={"limit": 500}).json()[
+            "tasks"
+        ]
+    }
+    assert client.get(f"/v1/submissions/{blocked}", headers=auth(staff["submitter"])).status_code == 200
+
+
+def test_uploader_history_hides_restricted_submissions(client, staff, ctx) -> None:
+    plain, secret = seed_tasks(ctx, "reviewco", [{"spam": 0.75}, {"child_safety": 0.5}])
+    with ctx.engine.begin() as conn:
+        from moderation.db.tables import submissions
+
+        conn.execute(
+            update(submissions).where(submissions.c.id.in_([plain, secret])).values(uploader_id="same-uploader")
+        )
+    task = next(
+        t
+        for t in client.get("/v1/review/tasks", headers=auth(staff["mod1"]), params={"limit": 500}).json()["tasks"]
+        if t["submission_id"] == plain
+    )
+    case = client.get(f"/v1/review/tasks/{task['id']}", headers=auth(staff["mod1"])).json()
+    assert secret not in {h["submission_id"] for h in case["uploader_history"]}
+
+
+def test_bad_ids_and_filters_are_4xx_never_500(client, staff) -> None:
+    h = auth(staff["mod1"])
+    for path in ("/v1/review/tasks/%00abc", "/v1/review/tasks/" + "g" * 32, "/v1/review/tasks/x%00/image"):
+        assert client.get(path, headers=h).status_code == 404
+    for params in ({"queue": "a\x00b"}, {"category": "\x00"}, {"cursor": "bm90LWEtY3Vyc29y"}, {"kind": "nope"}):
+        r = client.get("/v1/review/tasks", headers=h, params=params)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "INVALID_REQUEST", (params, r.text)
+    assert client.post("/v1/review/next", headers=h, params={"queue": "\x00"}).status_code == 422
+    r = client.post(
+        "/v1/review/golden", headers=auth(staff["admin"]), json={"submission_id": "\x00", "expected_action": "block"}
+    )
+    assert r.status_code == 422
+
+
+def test_banks_from_a_decision_need_the_right_bank_and_action(client, staff, ctx) -> None:
+    admin = auth(staff["admin"])
+    assert (
+        client.post(
+            "/v1/banks", headers=admin, json={"name": "review-bad", "kind": "bad", "category": "hate"}
+        ).status_code
+        == 201
+    )
+    assert client.post("/v1/banks", headers=admin, json={"name": "review-good", "kind": "good"}).status_code == 201
+    (a,) = seed_tasks(ctx, "reviewco", [{"hate": 0.6}])
+    ta = claim_of(client, staff["mod1"], a)
+    r = decide(client, staff["mod1"], ta, action="allow", reason="fine", add_to_bank="review-good")
+    assert r.status_code == 403  # a known-good bank takes an admin
+    r = decide(client, staff["mod1"], ta, action="allow", reason="fine", add_to_bank="review-bad")
+    assert r.status_code == 422  # a known-bad bank takes what is blocked or restricted
+    r = decide(client, staff["mod1"], ta, action="block", reason="slur", add_to_bank="review-bad")
+    assert r.status_code == 200, r.text
+    entries = client.get("/v1/banks/review-bad/entries", headers=admin).json()["entries"]
+    assert len(entries) == 1
+
+
+def test_a_golden_task_given_back_is_withdrawn(client, staff, ctx) -> None:
+    sid = seed_tasks(ctx, "reviewco", [{"spam": 0.99}])[0]
+    client.post(
+        "/v1/review/golden", headers=auth(staff["admin"]), json={"submission_id": sid, "expected_action": "block"}
+    )
+    mod1 = Reviewer(key_id(staff["mod1"]), "reviewco", frozenset({"moderator"}))
+    with ctx.engine.begin() as conn:
+        served = serve_next(conn, mod1, utcnow(), lease_s=600, golden_rate=1.0, budget=0)
+    assert served is not None
+    token = served["claim"]["token"]
+    r = client.post(
+        f"/v1/review/tasks/{served['id']}/release", headers=auth(staff["mod1"]), json={"claim_token": token}
+    )
+    assert r.status_code == 200 and r.json()["status"] == "done"
+    assert client.post(f"/v1/review/tasks/{served['id']}/claim", headers=auth(staff["mod2"])).status_code == 409

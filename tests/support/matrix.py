@@ -166,8 +166,9 @@ class World:
         restricted = "restricted_reviewer" in self.caller_roles and not {"moderator", "senior_moderator"} & (
             self.caller_roles
         )
+        # Restricted tasks go on A's second submission: the first must stay readable to every role.
         with self.engine.begin() as conn:
-            return insert_task(conn, self.a.id, self.a.sids[0], restricted)
+            return insert_task(conn, self.a.id, self.a.sids[1 if restricted else 0], restricted)
 
     def fresh_claim(self) -> tuple[str, str]:
         """(task id, claim token) of a fresh task claimed by the caller (a dummy token for a
@@ -523,7 +524,7 @@ SPECS: dict[tuple[str, str], Spec] = {
     ),
     ("GET", "/v1/submissions/{submission_id}/appeals"): Spec(
         "key",
-        frozenset({"submitter", "moderator", "senior_moderator", "auditor", "admin"}),
+        frozenset(ROLES),
         own=lambda w: [Req("GET", f"/v1/submissions/{w.a.sids[0]}/appeals")],
         other=lambda w: [
             Req("GET", f"/v1/submissions/{sid}/appeals", expect="not_found", about="B's") for sid in w.b.sids

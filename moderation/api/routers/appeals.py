@@ -52,6 +52,7 @@ def appeals_file(submission_id: SubmissionId, body: AppealIn, ctx: Ctx, who: Aut
 @router.get("/v1/submissions/{submission_id}/appeals")
 def appeals_list(submission_id: SubmissionId, ctx: Ctx, who: Auth) -> dict[str, Any]:
     """The submission's appeals, oldest first."""
-    who.require("submitter", "moderator", "senior_moderator", "auditor", "admin")
+    who.require("submitter", "moderator", "senior_moderator", "restricted_reviewer", "auditor", "admin")
     with ctx.engine.connect() as conn:
-        return {"appeals": list_appeals(conn, who.tenant_id, _checked(submission_id))}
+        hide = not who.roles & {"submitter", "auditor", "admin", "restricted_reviewer"}
+        return {"appeals": list_appeals(conn, who.tenant_id, _checked(submission_id), hide_restricted=hide)}

@@ -49,7 +49,7 @@ class DecisionIn(BaseModel):
 
 class GoldenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    submission_id: str = Field(max_length=32)
+    submission_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     expected_action: Literal["allow", "restrict", "block", "escalate"]
 
 
@@ -101,6 +101,7 @@ def review_next(ctx: Ctx, who: Auth, queue: Annotated[str | None, Query(max_leng
             golden_rate=s.golden_rate,
             budget=s.exposure_budget_per_hour,
             queue=queue,
+            policies=ctx.policies,
         )
     return task if task is not None else Response(status_code=204)
 
@@ -137,7 +138,7 @@ def review_case(task_id: TaskId, ctx: Ctx, who: Auth) -> dict[str, Any]:
     now = utcnow()
     with ctx.engine.connect() as conn:
         task = leases.get_task(conn, reviewer, task_id)
-        case = build_case(conn, task, ctx.policies, now)
+        case = build_case(conn, task, ctx.policies, now, show_restricted=reviewer.restricted)
         case["exposure"] = media.exposure(conn, reviewer, ctx.settings.exposure_budget_per_hour, now).to_json()
         return case
 

@@ -10,9 +10,11 @@ from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from moderation import metrics
+from moderation.access import Principal
 from moderation.api.deps import Auth, Ctx
 from moderation.errors import ModerationError
 from moderation.pipeline.accept import SubmissionRequest, accept
+from moderation.review.reviewer import restricted_submissions
 from moderation.submissions.status import view
 
 router = APIRouter(tags=["submissions"])
@@ -67,4 +69,12 @@ def get_submission(submission_id: str, ctx: Ctx, who: Auth) -> dict[str, Any]:
     if not re.fullmatch(r"[0-9a-f]{32}", submission_id):
         raise ModerationError("NOT_FOUND", f"No submission {submission_id[:64]!r}.")
     with ctx.engine.connect() as conn:
+        if hides_restricted(who) and restricted_submissions(conn, [submission_id]):
+            raise ModerationError("NOT_FOUND", f"No submission {submission_id}.")
         return view(conn, who.tenant_id, submission_id)
+
+
+def hides_restricted(who: Principal) -> bool:
+    """A caller that only reviews, without `restricted_reviewer`: child-safety material does not
+    exist for it (the platform that uploaded it, auditors and admins still see it)."""
+    return not who.roles & {"submitter", "auditor", "admin", "restricted_reviewer"}
