@@ -40,6 +40,13 @@ def upgrade() -> None:
         t.create_index("ix_review_tasks_next", ["tenant_id", "status", "priority", "due_at"])
     op.execute("UPDATE review_tasks SET kind = 'qa' WHERE queue = 'qa'")
     op.execute("UPDATE review_tasks SET restricted = true WHERE queue = 'restricted'")
+    # Tasks opened before this revision: their policy (the category stays unknown: the case view
+    # reads it from the findings).
+    op.execute(
+        "UPDATE review_tasks SET policy_id = "
+        "(SELECT policy_id FROM submissions WHERE submissions.id = review_tasks.submission_id) "
+        "WHERE policy_id IS NULL"
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute("UPDATE review_tasks SET due_at = created_at + interval '1 day' WHERE due_at IS NULL")
     else:

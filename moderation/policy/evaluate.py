@@ -82,6 +82,7 @@ def evaluate(policy: Policy, findings: Iterable[Finding], qa: float = 1.0) -> De
         if rule is not None:
             dsa = {
                 "category": rule.dsa.category,
+                "keywords": list(rule.dsa.keywords),
                 "decision_ground": rule.dsa.ground,
                 "legal_ground": rule.dsa.legal_ground,
                 "clause": rule.dsa.clause,

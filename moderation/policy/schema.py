@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moderation.analyzers.base import analyzer_class
+from moderation.policy.dsa_vocab import CATEGORIES, EEA, KEYWORDS, REMOVED_CATEGORIES
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,9 @@ TAXONOMY = (
     "privacy",
 )
 
-# EU DSA Transparency Database statement categories (STATEMENT_CATEGORY_*).
-DSA_CATEGORIES = (
-    "ANIMAL_WELFARE",
-    "DATA_PROTECTION_AND_PRIVACY_VIOLATIONS",
-    "ILLEGAL_OR_HARMFUL_SPEECH",
-    "INTELLECTUAL_PROPERTY_INFRINGEMENTS",
-    "NEGATIVE_EFFECTS_ON_CIVIC_DISCOURSE_OR_ELECTIONS",
-    "NON_CONSENSUAL_BEHAVIOUR",
-    "PORNOGRAPHY_OR_SEXUALIZED_CONTENT",
-    "PROTECTION_OF_MINORS",
-    "RISK_FOR_PUBLIC_SECURITY",
-    "SCAMS_AND_FRAUD",
-    "SELF_HARM",
-    "SCOPE_OF_PLATFORM_SERVICE",
-    "UNSAFE_AND_PROHIBITED_PRODUCTS",
-    "VIOLENCE",
-)
+# EU DSA Transparency Database statement categories (STATEMENT_CATEGORY_*), as in force since
+# July 2025 (moderation.policy.dsa_vocab).
+DSA_CATEGORIES = CATEGORIES
 
 Visibility = Literal["REMOVED", "DISABLED", "DEMOTED", "AGE_RESTRICTED", "LABELLED"]
 BUILTIN_STAGES = ("banks", "cache")
@@ -66,14 +53,23 @@ class _Strict(BaseModel):
 
 class DsaMapping(_Strict):
     category: str
+    keywords: list[str] = Field(default_factory=list)  # KEYWORD_* without the prefix
     ground: Literal["illegal_content", "incompatible_content"] = "incompatible_content"
     legal_ground: str | None = None  # for illegal_content: the law
     clause: str  # the terms-of-service clause (or the law's article) the decision cites
 
     @model_validator(mode="after")
     def _known(self) -> DsaMapping:
+        if self.category in REMOVED_CATEGORIES:
+            raise ValueError(
+                f"DSA category {self.category!r} no longer exists in the Transparency Database (since July 2025);"
+                f" use {REMOVED_CATEGORIES[self.category]}"
+            )
         if self.category not in DSA_CATEGORIES:
             raise ValueError(f"unknown DSA category {self.category!r}; one of {', '.join(DSA_CATEGORIES)}")
+        unknown = sorted(set(self.keywords) - KEYWORDS)
+        if unknown:
+            raise ValueError(f"unknown DSA keywords {unknown} (KEYWORD_* without the prefix)")
         if self.ground == "illegal_content" and not self.legal_ground:
             raise ValueError("ground illegal_content needs legal_ground")
         return self
@@ -199,6 +195,9 @@ class Policy(_Strict):
             raise ValueError(f"unknown categories {unknown}; the taxonomy is {', '.join(TAXONOMY)}")
         if not self.cascade:
             raise ValueError("cascade must name at least one stage")
+        odd = sorted({c for c in self.territorial_scope if c.upper() not in {"EU", "EEA", "EL", *EEA}})
+        if odd:
+            raise ValueError(f"territorial_scope: {odd} are not EEA country codes (or EU, EEA)")
         names = [s.stage for s in self.cascade]
         if len(set(names)) != len(names):
             raise ValueError(f"cascade stages must be unique: {names}")

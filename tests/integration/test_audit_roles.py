@@ -32,6 +32,11 @@ AUDIT_TABLES = {
     "audit_events": {"SELECT", "INSERT"},
     "audit_heads": {"SELECT", "INSERT", "UPDATE"},  # UPDATE: forward only (trigger)
     "audit_checkpoints": {"SELECT", "INSERT"},
+    # Review evidence: appeals and golden answers are updated as they are decided, never
+    # deleted; reveals of originals are only appended.
+    "appeals": {"SELECT", "INSERT", "UPDATE"},
+    "golden_answers": {"SELECT", "INSERT", "UPDATE"},
+    "media_reveals": {"SELECT", "INSERT"},
 }
 
 

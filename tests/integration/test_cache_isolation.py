@@ -150,5 +150,7 @@ def test_a_bounded_cache_evicts_instead_of_growing(ctx, bounded_redis: str) -> N
     used = int(store.client.info("memory")["used_memory"])
     assert used < 6 * 1024 * 1024
     assert store.client.dbsize() < 4000  # the oldest were evicted
-    assert cache.get(policy, "acme", f"{3999:064x}", None) is not None  # the newest is still there
+    # The newest are still there (Redis' LRU is approximate: it samples, so allow a miss or two).
+    kept = sum(cache.get(policy, "acme", f"{i:064x}", None) is not None for i in range(3990, 4000))
+    assert kept >= 8, kept
     assert time.monotonic() - started < 60

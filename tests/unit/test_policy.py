@@ -50,7 +50,7 @@ BASE: dict[str, Any] = {
             "block_at": 0.85,
             "review_at": 0.5,
             "restrict_at": 0.7,
-            "dsa": _dsa("PORNOGRAPHY_OR_SEXUALIZED_CONTENT", "ToS 4.1 Sexual content"),
+            "dsa": _dsa("OTHER_VIOLATION_TC", "ToS 4.1 Sexual content"),
         },
         "hate": {"block_at": 0.85, "review_at": 0.5, "dsa": _dsa("ILLEGAL_OR_HARMFUL_SPEECH", "ToS 4.7 Hate")},
         "self_harm": {
@@ -296,7 +296,8 @@ def test_restrict_and_block_set_visibility_and_dsa():
     restricted = evaluate(POLICY, [model({"sexual": 0.75})])
     assert restricted.visibility == "AGE_RESTRICTED"
     assert restricted.dsa == {
-        "category": "PORNOGRAPHY_OR_SEXUALIZED_CONTENT",
+        "category": "OTHER_VIOLATION_TC",
+        "keywords": [],
         "decision_ground": "incompatible_content",
         "legal_ground": None,
         "clause": "ToS 4.1 Sexual content",
@@ -831,3 +832,21 @@ def test_moderation_talk_keeps_an_image_from_being_allowed_automatically():
     assert d.action == "review" and d.review_reason == "moderation_talk"
     # weaker evidence than an injection: it never softens, nor hardens, a restriction or a block
     assert evaluate(POLICY, [model({"sexual": 0.75}, flags={"moderation_talk": True})]).action == "restrict"
+
+
+def test_policies_use_the_transparency_databases_current_categories():
+    """The Transparency Database's categories since July 2025: removed ones are refused at load,
+    with the successor named; keywords and territorial codes are checked too."""
+    from moderation.policy.schema import DsaMapping
+
+    with pytest.raises(ValueError, match=r"no longer exists.*OTHER_VIOLATION_TC"):
+        DsaMapping(category="PORNOGRAPHY_OR_SEXUALIZED_CONTENT", clause="x")
+    with pytest.raises(ValueError, match="no longer exists"):
+        DsaMapping(category="SCOPE_OF_PLATFORM_SERVICE", clause="x")
+    with pytest.raises(ValueError, match="unknown DSA keywords"):
+        DsaMapping(category="VIOLENCE", keywords=["DANGEROUS_TOYS"], clause="x")
+    assert DsaMapping(category="OTHER_VIOLATION_TC", keywords=["NUDITY"], clause="x").keywords == ["NUDITY"]
+    with pytest.raises(ValueError, match="territorial_scope"):
+        make_policy(territorial_scope=["EU", "UK"])
+    default = load_policies(SHIPPED)["default"]
+    assert {r.dsa.category for r in default.categories.values()} <= set(DSA_CATEGORIES)
