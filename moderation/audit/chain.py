@@ -37,6 +37,8 @@ ACTIONS = (
     "media_revealed",
     "golden_marked",
     "golden_answered",
+    "statement_submitted",
+    "statement_rejected",
     "dead_lettered",
     "exported",
     "bank_changed",

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from moderation.cli import admin, callbacks_cmds, client_cmds, ingest_cmds, tenants_cmds
+from moderation.cli import admin, audit_cmds, callbacks_cmds, client_cmds, ingest_cmds, tenants_cmds
 from moderation.cli.common import err, redact, settings
 from moderation.cli.supervise import celery_worker_argv, run_until_stopped, supervise_gpu_workers, visible_gpus
 from moderation.queue import CALLBACK_POOL, CPU_QUEUES, Q_CALLBACKS, Q_GPU
@@ -19,6 +19,7 @@ app = typer.Typer(help="Image content-moderation pipeline.", no_args_is_help=Tru
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(tenants_cmds.tenants_app, name="tenants")
 app.add_typer(admin.audit_app, name="audit")
+audit_cmds.register(admin.audit_app)
 app.add_typer(admin.bank_app, name="bank")
 app.add_typer(callbacks_cmds.callbacks_app, name="callbacks")
 app.add_typer(ingest_cmds.ingest_app, name="ingest")

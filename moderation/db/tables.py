@@ -207,6 +207,8 @@ decisions = Table(
     Column("reviewer_id", String(64), nullable=True),
     timestamp("decided_at", nullable=False, default=utcnow),
     UniqueConstraint("submission_id", "dedupe_key", name="uq_decisions_sub_key"),
+    # Auditors' searches and exports by time.
+    Index("ix_decisions_decided_at", "decided_at"),
     # Who decided what (the appeal's conflict-of-interest rule reads it on every `next`).
     Index(
         "ix_decisions_reviewer",
@@ -375,6 +377,22 @@ audit_checkpoints = Table(
     Column("key_id", String(64), nullable=False),  # sha256 of the raw public key, hex
     Column("signature", String(128), nullable=False),  # base64url, unpadded
     Index("ix_audit_checkpoints_tenant_seq", "tenant_id", "seq"),
+)
+
+# What was sent to the DSA Transparency Database (`moderation audit submit-dsa`): it never takes a
+# PUID twice and has no update, so each PUID is sent once; a statement it refused stays here
+# with the database's message (the dead letter of statements).
+dsa_ledger = Table(
+    "dsa_ledger",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("puid", String(500), primary_key=True),
+    Column("submission_id", String(32), nullable=False),
+    Column("decision_id", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # sent | rejected
+    Column("error", Text, nullable=True),
+    Column("endpoint", String(500), nullable=False),
+    timestamp("sent_at", nullable=False),
 )
 
 # Liveness by progress: when each worker process last finished a task (written behind, every few

@@ -37,6 +37,7 @@ AUDIT_TABLES = {
     "appeals": {"SELECT", "INSERT", "UPDATE"},
     "golden_answers": {"SELECT", "INSERT", "UPDATE"},
     "media_reveals": {"SELECT", "INSERT"},
+    "dsa_ledger": {"SELECT", "INSERT"},
 }
 
 

@@ -395,6 +395,37 @@ SPECS: dict[tuple[str, str], Spec] = {
             )
         ],
     ),
+    ("GET", "/v1/audit/decisions"): Spec(
+        "key",
+        AUDITOR,
+        own=lambda w: [Req("GET", "/v1/audit/decisions", params={"limit": "1000"})],
+        other=lambda w: [
+            Req(
+                "GET",
+                "/v1/audit/decisions",
+                params={"limit": "1000", "reviewer": w.b.key_ids["moderator"]},
+                check=_no_rows_of_b("decisions"),
+            )
+        ],
+    ),
+    ("GET", "/v1/audit/submissions/{submission_id}/timeline"): Spec(
+        "key",
+        AUDITOR,
+        own=lambda w: [Req("GET", f"/v1/audit/submissions/{w.a.sids[0]}/timeline")],
+        other=lambda w: [
+            Req("GET", f"/v1/audit/submissions/{sid}/timeline", expect="not_found", about="B's submission")
+            for sid in w.b.sids
+        ],
+        missing=lambda w: [
+            Req("GET", f"/v1/audit/submissions/{MISSING_SID}/timeline", expect="not_found"),
+            Req("GET", "/v1/audit/submissions/nope/timeline", expect="not_found", about="malformed id"),
+        ],
+    ),
+    ("GET", "/v1/audit/export"): Spec(
+        "key",
+        AUDITOR,
+        own=lambda w: [Req("GET", "/v1/audit/export", params={"format": fmt}) for fmt in ("csv", "jsonl", "dsa")],
+    ),
     # ---------------------------------------------------------------- callbacks
     ("POST", "/v1/callbacks/secret"): Spec("key", ADMIN, own=lambda w: [Req("POST", "/v1/callbacks/secret")]),
     ("GET", "/v1/callbacks/receivers"): Spec("key", ADMIN, own=lambda w: [Req("GET", "/v1/callbacks/receivers")]),
