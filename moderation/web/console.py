@@ -7,68 +7,38 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Cookie, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
+from fastapi.responses import HTMLResponse, Response
 
 from moderation.access import sessions
 from moderation.access.ratelimit import Bucket
 from moderation.db.tables import utcnow
 from moderation.errors import ModerationError
-from moderation.pipeline.context import Context
 from moderation.pipeline.human import HumanDecision, decide
-from moderation.policy.schema import TAXONOMY
 from moderation.review import leases, media
 from moderation.review.case import build_case
 from moderation.review.listing import TaskFilter, list_tasks, queue_counts
 from moderation.review.reviewer import REVIEW_ROLES, Reviewer
 from moderation.review.serve import serve_next
-from moderation.web.views import age, marked_segments, score_bars, short_time
+from moderation.web.common import (
+    COOKIE,
+    HEADERS,
+    PRE_CSRF,
+    SessionCookie,
+    check_csrf,
+    ctx_of,
+    guarded,
+    load,
+    page,
+    redirect,
+)
 
-HERE = Path(__file__).resolve().parent
-STATIC = HERE / "static"
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals.update(age=age, marked_segments=marked_segments, score_bars=score_bars, TAXONOMY=TAXONOMY)
-templates.env.filters["when"] = short_time
-
-COOKIE = "moderation_session"
-PRE_CSRF = "moderation_signin"
 router = APIRouter(prefix="/console", include_in_schema=False)
-
-# No script or style from elsewhere, no framing, nothing cached or referred.
-HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-class SignInRequired(Exception):
-    """No live session: the handler answers with the sign-in page."""
-
-
-def _ctx(request: Request) -> Context:
-    ctx: Context = request.app.state.ctx
-    return ctx
-
-
-def _page(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    response = templates.TemplateResponse(request, name, values, status_code=status)
-    response.headers.update(HEADERS)
-    return response
-
-
-def _redirect(url: str) -> RedirectResponse:
-    response = RedirectResponse(url, status_code=303)
-    response.headers.update(HEADERS)
-    return response
+# Who may sign in: reviewers (queues), auditors (the workspace), platforms (the playground).
+CONSOLE_ROLES = (*REVIEW_ROLES, "auditor", "submitter", "admin")
 
 
 def _secure(request: Request) -> bool:
@@ -77,12 +47,8 @@ def _secure(request: Request) -> bool:
 
 def _session(request: Request, token: str | None) -> tuple[sessions.WebSession, Reviewer]:
     """The live session and its reviewer. Raises SignInRequired, or ModerationError FORBIDDEN
-    for a key that lost its reviewing roles."""
-    ctx = _ctx(request)
-    with ctx.engine.connect() as conn:
-        session = sessions.load_session(conn, token, utcnow())
-    if session is None:
-        raise SignInRequired
+    for a key without a reviewing role."""
+    session = load(request, token)
     reviewer = Reviewer(session.key_id, session.tenant_id, session.roles)
     reviewer.require()
     return session, reviewer
@@ -90,49 +56,16 @@ def _session(request: Request, token: str | None) -> tuple[sessions.WebSession, 
 
 def _reload(request: Request, token: str | None) -> sessions.WebSession:
     """The session as it is now (its claims changed). Raises SignInRequired if it just ended."""
-    with _ctx(request).engine.connect() as conn:
-        session = sessions.load_session(conn, token, utcnow())
-    if session is None:
-        raise SignInRequired
-    return session
-
-
-def _check_csrf(session: sessions.WebSession, sent: str | None) -> None:
-    if not sent or not hmac.compare_digest(sent, session.csrf):
-        raise ModerationError("FORBIDDEN", "The form is stale or came from elsewhere (CSRF token). Reload the page.")
-
-
-def _error_page(request: Request, exc: ModerationError) -> HTMLResponse:
-    return _page(request, "error.html", status=exc.http_status, error=exc)
-
-
-def guarded(handler: Any) -> Any:
-    """Turn SignInRequired into the sign-in redirect and ModerationError into an error page."""
-    import functools
-
-    @functools.wraps(handler)
-    def wrapper(*args: Any, **kw: Any) -> Response:
-        request: Request = kw["request"]
-        try:
-            return handler(*args, **kw)  # type: ignore[no-any-return]
-        except SignInRequired:
-            target = "/console/sign-in?next=" + quote(request.url.path)
-            return _redirect(target)
-        except ModerationError as exc:
-            return _error_page(request, exc)
-
-    return wrapper
+    return load(request, token)
 
 
 _BLOCKED: dict[str, float] = {}  # addresses over their budget of unknown keys, until when
-
-SessionCookie = Annotated[str | None, Cookie(alias=COOKIE)]
 
 
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_page(request: Request, next: str = "/console", error: str | None = None) -> Response:
     pre = secrets.token_urlsafe(24)
-    response = _page(request, "sign_in.html", csrf=pre, next=_local(next), error=error)
+    response = page(request, "sign_in.html", csrf=pre, next=_local(next), error=error)
     response.set_cookie(PRE_CSRF, pre, httponly=True, samesite="strict", secure=_secure(request), path="/console")
     return response
 
@@ -152,8 +85,8 @@ def sign_in(
 ) -> Response:
     """Exchange an API key with a reviewing role for a session cookie."""
     if not pre or not hmac.compare_digest(pre, csrf):
-        return _redirect("/console/sign-in?error=stale")
-    ctx = _ctx(request)
+        return redirect("/console/sign-in?error=stale")
+    ctx = ctx_of(request)
     s = ctx.settings
     address = request.client.host if request.client else "unknown"
     guessing = Bucket(f"fail:{address}", s.rate_limit_auth_failures_per_s, s.rate_limit_auth_failures_burst)
@@ -168,13 +101,13 @@ def sign_in(
             if len(_BLOCKED) > 100_000:
                 _BLOCKED.clear()
             _BLOCKED.setdefault(address, time.monotonic() + max(wait, 1.0))
-            return _page(request, "sign_in.html", status=429, csrf=csrf, next=_local(next), error="limited")
-        return _page(request, "sign_in.html", status=401, csrf=csrf, next=_local(next), error="unknown")
-    if not set(REVIEW_ROLES) & who.roles:
-        return _page(request, "sign_in.html", status=403, csrf=csrf, next=_local(next), error="role")
+            return page(request, "sign_in.html", status=429, csrf=csrf, next=_local(next), error="limited")
+        return page(request, "sign_in.html", status=401, csrf=csrf, next=_local(next), error="unknown")
+    if not set(CONSOLE_ROLES) & who.roles:
+        return page(request, "sign_in.html", status=403, csrf=csrf, next=_local(next), error="role")
     with ctx.engine.begin() as conn:
         token = sessions.create_session(conn, who.tenant_id, who.key_id, ctx.settings.web_session_s, utcnow())
-    response = _redirect(_local(next))
+    response = redirect(_local(next))
     response.set_cookie(
         COOKIE,
         token,
@@ -192,11 +125,11 @@ def sign_in(
 @guarded
 def sign_out(request: Request, token: SessionCookie = None, csrf: Annotated[str, Form()] = "") -> Response:
     session, _ = _session(request, token)
-    _check_csrf(session, csrf)
-    ctx = _ctx(request)
+    check_csrf(session, csrf)
+    ctx = ctx_of(request)
     with ctx.engine.begin() as conn:
         sessions.end_session(conn, token, utcnow())
-    response = _redirect("/console/sign-in")
+    response = redirect("/console/sign-in")
     response.delete_cookie(COOKIE, path="/console")
     return response
 
@@ -204,15 +137,19 @@ def sign_out(request: Request, token: SessionCookie = None, csrf: Annotated[str,
 @router.get("", response_class=HTMLResponse)
 @guarded
 def queues(request: Request, token: SessionCookie = None, empty: str | None = None) -> Response:
-    """Counts per queue, the oldest age against the SLA, my claims, the exposure budget."""
+    """Counts per queue, the oldest age against the SLA, my claims, the exposure budget. Keys
+    that do not review go to their own part of the console."""
+    session = load(request, token)
+    if not set(REVIEW_ROLES) & session.roles:
+        return redirect("/console/audit" if "auditor" in session.roles else "/console/playground")
     session, reviewer = _session(request, token)
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     now = utcnow()
     with ctx.engine.connect() as conn:
         counts = queue_counts(conn, reviewer, now)
         mine = list_tasks(conn, reviewer, TaskFilter(mine=True), now)["tasks"]
         spent = media.exposure(conn, reviewer, ctx.settings.exposure_budget_per_hour, now)
-    return _page(
+    return page(
         request,
         "queues.html",
         session=session,
@@ -235,12 +172,12 @@ def start(
 ) -> Response:
     """Claim the next task and open it ("Start reviewing", and auto-next after a decision)."""
     session, reviewer = _session(request, token)
-    _check_csrf(session, csrf)
+    check_csrf(session, csrf)
     return _next(request, session, reviewer, queue or None)
 
 
 def _next(request: Request, session: sessions.WebSession, reviewer: Reviewer, queue: str | None) -> Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     s = ctx.settings
     with ctx.engine.begin() as conn:
         task = serve_next(
@@ -254,10 +191,10 @@ def _next(request: Request, session: sessions.WebSession, reviewer: Reviewer, qu
             policies=ctx.policies,
         )
         if task is None:
-            return _redirect("/console?empty=" + quote(queue or "all"))
+            return redirect("/console?empty=" + quote(queue or "all"))
         sessions.remember_claim(conn, session, task["id"], task["claim"]["token"])
     suffix = f"?queue={quote(queue)}" if queue else ""
-    return _redirect(f"/console/tasks/{task['id']}{suffix}")
+    return redirect(f"/console/tasks/{task['id']}{suffix}")
 
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
@@ -276,7 +213,7 @@ def _case(
     error: ModerationError | None = None,
     form: dict[str, Any] | None = None,
 ) -> HTMLResponse:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     now = utcnow()
     with ctx.engine.connect() as conn:
         task = leases.get_task(conn, reviewer, task_id[:32])
@@ -285,7 +222,7 @@ def _case(
         )
         spent = media.exposure(conn, reviewer, ctx.settings.exposure_budget_per_hour, now)
     held = leases.holds(task, reviewer, now) and task.id in session.claims
-    return _page(
+    return page(
         request,
         "case.html",
         status=error.http_status if error else 200,
@@ -306,12 +243,12 @@ def _case(
 @guarded
 def claim(request: Request, task_id: str, token: SessionCookie = None, csrf: Annotated[str, Form()] = "") -> Response:
     session, reviewer = _session(request, token)
-    _check_csrf(session, csrf)
-    ctx = _ctx(request)
+    check_csrf(session, csrf)
+    ctx = ctx_of(request)
     with ctx.engine.begin() as conn:
         claimed = leases.claim(conn, reviewer, task_id[:32], utcnow(), ctx.settings.review_lease_s)
         sessions.remember_claim(conn, session, claimed["id"], claimed["claim"]["token"])
-    return _redirect(f"/console/tasks/{claimed['id']}")
+    return redirect(f"/console/tasks/{claimed['id']}")
 
 
 @router.post("/tasks/{task_id}/heartbeat")
@@ -319,8 +256,8 @@ def claim(request: Request, task_id: str, token: SessionCookie = None, csrf: Ann
 def heartbeat(request: Request, task_id: str, token: SessionCookie = None) -> Response:
     """The case page's keep-alive (fetch with the CSRF token in X-CSRF-Token)."""
     session, reviewer = _session(request, token)
-    _check_csrf(session, request.headers.get("x-csrf-token"))
-    ctx = _ctx(request)
+    check_csrf(session, request.headers.get("x-csrf-token"))
+    ctx = ctx_of(request)
     with ctx.engine.begin() as conn:
         leases.heartbeat(
             conn, reviewer, task_id[:32], session.claims.get(task_id[:32]), utcnow(), ctx.settings.review_lease_s
@@ -339,8 +276,8 @@ def skip(
 ) -> Response:
     """Skip: give the task back to its queue and go on to the next one."""
     session, reviewer = _session(request, token)
-    _check_csrf(session, csrf)
-    ctx = _ctx(request)
+    check_csrf(session, csrf)
+    ctx = ctx_of(request)
     with ctx.engine.begin() as conn:
         leases.release(conn, reviewer, task_id[:32], session.claims.get(task_id[:32]), utcnow())
         sessions.remember_claim(conn, session, task_id[:32], None)
@@ -351,7 +288,7 @@ def skip(
 def _next_except(
     request: Request, session: sessions.WebSession, reviewer: Reviewer, queue: str | None, skipped: str
 ) -> Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     s = ctx.settings
     with ctx.engine.begin() as conn:
         task = serve_next(
@@ -365,9 +302,9 @@ def _next_except(
             exclude=skipped,
         )
         if task is None:
-            return _redirect("/console?empty=" + quote(queue or "all"))
+            return redirect("/console?empty=" + quote(queue or "all"))
         sessions.remember_claim(conn, session, task["id"], task["claim"]["token"])
-    return _redirect(f"/console/tasks/{task['id']}")
+    return redirect(f"/console/tasks/{task['id']}")
 
 
 @router.get("/tasks/{task_id}/image")
@@ -376,7 +313,7 @@ def image(request: Request, task_id: str, token: SessionCookie = None, variant: 
     _, reviewer = _session(request, token)
     if variant not in ("safe", "original"):
         raise ModerationError("INVALID_REQUEST", "variant is safe or original.", field="variant")
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     data, media_type = media.task_image(
         ctx.engine, ctx.blobs, ctx.limits, ctx.settings.review_safe_side, reviewer, task_id[:32], variant, utcnow()
     )
@@ -400,8 +337,8 @@ def decision(
 ) -> Response:
     """Decide the held task; then the next one (auto-next), or the queues page."""
     session, reviewer = _session(request, token)
-    _check_csrf(session, csrf)
-    ctx = _ctx(request)
+    check_csrf(session, csrf)
+    ctx = ctx_of(request)
     form = {"action": action, "categories": categories or [], "reason": reason, "outcome": outcome}
     body = {
         "claim_token": session.claims.get(task_id[:32]) or "",
@@ -420,5 +357,5 @@ def decision(
     with ctx.engine.begin() as conn:
         sessions.remember_claim(conn, session, task_id[:32], None)
     if then != "next":
-        return _redirect("/console")
+        return redirect("/console")
     return _next(request, _reload(request, token), reviewer, queue or None)

@@ -51,11 +51,12 @@ def console_routes(app: Any) -> list[tuple[str, str]]:
 def test_every_console_route_needs_a_session(client: Any) -> None:
     routes = console_routes(client.app)
     assert ("GET", "/console") in routes and ("POST", "/console/tasks/{task_id}/decision") in routes
+    assert ("GET", "/console/audit/export/{name}") in routes
     client.cookies.clear()
     for method, path in routes:
         if path == "/console/sign-in":
             continue
-        url = path.replace("{task_id}", "f" * 32)
+        url = re.sub(r"\{[a-z_]+\}", "f" * 32, path.replace("{checkpoint_id}", "1"))
         r = client.request(method, url, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/console/sign-in"), (
             method,
@@ -69,8 +70,10 @@ def test_every_console_route_needs_a_session(client: Any) -> None:
 
 
 def test_sign_in_takes_only_reviewing_keys_and_sets_a_strict_cookie(client: Any, staff: dict[str, str]) -> None:
-    r = sign_in(client, staff["submitter"])
-    assert r.status_code == 403 and "no reviewing role" in r.text
+    r = sign_in(client, staff["submitter"])  # a platform's key: the playground, not the queues
+    assert r.status_code == 303
+    assert client.get("/console", follow_redirects=False).headers["location"] == "/console/playground"
+    assert client.get(f"/console/tasks/{'f' * 32}", follow_redirects=False).status_code == 403
     r = sign_in(client, "mk_000000000000_not-a-key")
     assert r.status_code == 401 and "not valid" in r.text
     stale = client.post("/console/sign-in", data={"key": staff["mod1"], "csrf": "forged"}, follow_redirects=False)

@@ -222,3 +222,72 @@ def test_restricted_queue_is_invisible_without_the_role(browser: Any, server: st
     assert "restricted" in page.locator("table.queues").inner_text()
     shot(page, "console-restricted-queue")
     page.close()
+
+
+def test_auditor_follows_an_override_verifies_the_chain_and_exports_dsa_statements(
+    browser: Any, server: str, client: Any, ctx: Any, worker: Any, tmp_path: Path
+) -> None:
+    import json
+
+    from sqlalchemy import text
+
+    from tests.support.tdb_server import validate_statement
+
+    tenant = "browserco-audit"
+    staff = review_keys(ctx, tenant)
+    sid = submit(client, staff["submitter"], picture(9201), policy="test-cascade", caption="hate=0.58")["id"]
+    assert wait_final(client, staff["submitter"], sid)["status"] == "in_review"
+    task = next(
+        t
+        for t in client.get("/v1/review/tasks", headers=auth(staff["mod1"])).json()["tasks"]
+        if t["submission_id"] == sid
+    )
+    claimed = client.post(f"/v1/review/tasks/{task['id']}/claim", headers=auth(staff["mod1"])).json()
+    body = {"claim_token": claimed["claim"]["token"], "action": "block", "categories": ["hate"], "reason": "slur"}
+    assert (
+        client.post(f"/v1/review/tasks/{task['id']}/decision", headers=auth(staff["mod1"]), json=body).status_code
+        == 200
+    )
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(f"{server}/console/sign-in")
+    page.fill("#key", staff["auditor"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{server}/console/audit")
+    assert page.locator("svg.chart rect").count() >= 1 and "Human decisions" in page.content()
+    shot(page, "audit-dashboard")
+
+    page.goto(f"{server}/console/audit/decisions?automated=false")
+    page.click(f"a[href='/console/audit/submissions/{sid}']")
+    page.wait_for_url(f"{server}/console/audit/submissions/{sid}")
+    actions = page.locator("ol.timeline li strong").all_inner_texts()
+    assert actions.index("decided") < actions.index("reviewed")  # both decisions, in order
+    shot(page, "audit-timeline")
+
+    page.goto(f"{server}/console/audit/verify")
+    assert "OK" in page.locator("#verify-result").inner_text()
+    with ctx.engine.begin() as conn:  # a database superuser edits a row behind the app's back
+        row = conn.execute(
+            text("SELECT id, seq FROM audit_events WHERE tenant_id = :t AND action = 'reviewed'"), {"t": tenant}
+        ).one()
+        conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER ALL"))
+        conn.execute(
+            text("UPDATE audit_events SET body = replace(body, 'block', 'allow') WHERE id = :i"), {"i": row.id}
+        )
+        conn.execute(text("ALTER TABLE audit_events ENABLE TRIGGER ALL"))
+    page.reload()
+    assert "BROKEN" in page.locator("#verify-result").inner_text()
+    assert page.locator("#break-seq").inner_text() == str(row.seq)
+    shot(page, "audit-verify-broken")
+
+    page.goto(f"{server}/console/audit/export")
+    with page.expect_download() as download:
+        page.click("#export-dsa")
+    path = tmp_path / "statements.jsonl"
+    download.value.save_as(path)
+    statements = [json.loads(line) for line in path.read_text().splitlines()]
+    assert any(s["submission_id"] == sid for s in statements)
+    for s in statements:
+        sent = {k: v for k, v in s.items() if k not in ("schema_version", "decision_id", "submission_id")}
+        assert validate_statement(sent) == {}, s
+    page.close()
