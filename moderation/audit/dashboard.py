@@ -31,7 +31,7 @@ def _rate(part: int, whole: int) -> float | None:
 def figures(conn: Connection, tenant_id: str, now: datetime, days: int = 30) -> dict[str, Any]:
     since = now - timedelta(days=days)
     d, s = decisions.c, submissions.c
-    mine = and_(s.tenant_id == tenant_id, d.decided_at >= since)
+    mine = and_(s.tenant_id == tenant_id, d.decided_at >= since, s.source != "play")  # playground trials left out
     joined = decisions.join(submissions, s.id == d.submission_id)
     day = func.date(d.decided_at)
     per_day: dict[str, dict[str, int]] = {}

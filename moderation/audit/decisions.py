@@ -21,6 +21,7 @@ from moderation.policy.schema import TAXONOMY
 d, s = decisions.c, submissions.c
 ACTIONS = ("allow", "restrict", "block", "review", "escalate")
 _SID = re.compile(r"[0-9a-f]{32}")
+PLAYGROUND = "play"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class DecisionFilter:
 
 def _conditions(conn: Connection, tenant_id: str, f: DecisionFilter) -> list[Any]:
     f.check()
-    conds: list[Any] = [s.tenant_id == tenant_id]
+    # Playground submissions (source `play`) are trials, not moderation: never exported or counted.
+    conds: list[Any] = [s.tenant_id == tenant_id, s.source != PLAYGROUND]
     if f.since:
         conds.append(d.decided_at >= f.since)
     if f.until:

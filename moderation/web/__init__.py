@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from moderation.web import audit_pages
+from moderation.web import audit_pages, playground
 from moderation.web.common import STATIC
 from moderation.web.console import router
 
@@ -15,4 +15,5 @@ from moderation.web.console import router
 def install(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(audit_pages.router)
+    app.include_router(playground.router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
