@@ -38,6 +38,8 @@ ACTIONS = (
     "golden_marked",
     "golden_answered",
     "statement_submitted",
+    "claimed",
+    "callback_attempted",
     "statement_rejected",
     "dead_lettered",
     "exported",

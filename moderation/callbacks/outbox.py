@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
+from moderation.audit import Event, append
 from moderation.callbacks import transport
 from moderation.callbacks.netguard import DestinationRefused, parse_destination, resolve
 from moderation.callbacks.receivers import receiver_rules
@@ -198,7 +199,14 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int) -> str:
         )
         if 200 <= status < 300:
             _record(
-                engine, row.id, attempt, status=DELIVERED, last_status=status, last_error=None, delivered_at=utcnow()
+                engine,
+                row.id,
+                attempt,
+                row,
+                status=DELIVERED,
+                last_status=status,
+                last_error=None,
+                delivered_at=utcnow(),
             )
             return f"delivered:{status}"
         error = f"HTTP {status}"
@@ -216,6 +224,7 @@ def _post(engine: Engine, settings: Settings, row: Any, attempt: int) -> str:
         engine,
         row.id,
         attempt,
+        row,
         last_status=status,
         last_error=error,
         next_attempt_at=utcnow() + timedelta(seconds=delay),
@@ -232,9 +241,40 @@ def _mine(delivery_id: str, attempt: int) -> Any:
     return and_(c.id == delivery_id, c.status == PENDING, c.attempts == attempt)
 
 
-def _record(engine: Engine, delivery_id: str, attempt: int, **values: Any) -> None:
+def _record(engine: Engine, delivery_id: str, attempt: int, row: Any = None, **values: Any) -> None:
+    """Write this attempt's outcome (only while the row is still this attempt's) and, with `row`,
+    the attempt into the tenant's audit chain (the submission's timeline shows every attempt)."""
     with engine.begin() as conn:
-        conn.execute(update(callback_deliveries).where(_mine(delivery_id, attempt)).values(**values))
+        mine = conn.execute(update(callback_deliveries).where(_mine(delivery_id, attempt)).values(**values)).rowcount
+        if mine and row is not None:
+            _audit_attempt(
+                conn, row, attempt, values.get("last_status"), values.get("last_error"), values.get("status")
+            )
+
+
+def _audit_attempt(
+    conn: Connection, row: Any, attempt: int, status: int | None, error: str | None, outcome: str | None
+) -> None:
+    append(
+        conn,
+        row.tenant_id,
+        [
+            Event(
+                "callback_attempted",
+                actor="system",
+                submission_id=row.submission_id,
+                automated=True,
+                facts={
+                    "delivery_id": row.id,
+                    "event": event_name(row.event),
+                    "attempt": attempt,
+                    "http_status": status,
+                    "error": printable(error, 300) if error else None,
+                    "outcome": outcome or "retry",
+                },
+            )
+        ],
+    )
 
 
 def _give_up(engine: Engine, row: Any, attempt: int, error: str, status: int | None) -> str:
@@ -246,6 +286,7 @@ def _give_up(engine: Engine, row: Any, attempt: int, error: str, status: int | N
         ).rowcount
         if not mine:
             return "taken"
+        _audit_attempt(conn, row, attempt, status, error, FAILED)
         conn.execute(
             insert(dead_letters).values(
                 submission_id=row.submission_id,

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, exists, not_, or_, select, update
 
+from moderation import audit
 from moderation.db.tables import as_utc, decisions, iso, review_tasks
 from moderation.errors import ModerationError
 from moderation.review.reviewer import Reviewer, may_see, visible
@@ -82,6 +83,7 @@ def token_hash(token: str) -> str:
 def _take(conn: Connection, task_id: str, reviewer: Reviewer, now: datetime, lease_s: float) -> str | None:
     """Claim the task if it is still claimable (or already ours); returns the new token."""
     token = secrets.token_urlsafe(24)
+    lease_until = now + timedelta(seconds=lease_s)
     taken = conn.execute(
         update(review_tasks)
         .where(
@@ -95,10 +97,26 @@ def _take(conn: Connection, task_id: str, reviewer: Reviewer, now: datetime, lea
             claimed_by=reviewer.key_id,
             claim_token_hash=token_hash(token),
             claimed_at=now,
-            lease_until=now + timedelta(seconds=lease_s),
+            lease_until=lease_until,
         )
     ).rowcount
-    return token if taken else None
+    if not taken:
+        return None
+    row = conn.execute(select(t.submission_id, t.tenant_id).where(t.id == task_id)).one()
+    audit.append(
+        conn,
+        row.tenant_id,
+        [
+            audit.Event(
+                "claimed",
+                actor=reviewer.key_id,
+                submission_id=row.submission_id,
+                automated=False,
+                facts={"review_task_id": task_id, "lease_until": lease_until.isoformat()},
+            )
+        ],
+    )
+    return token
 
 
 def claimed_view(conn: Connection, task_id: str, token: str, now: datetime) -> dict[str, Any]:

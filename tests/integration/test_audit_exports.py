@@ -42,7 +42,8 @@ def test_timeline_shows_the_automated_and_the_human_decision_in_order(client, st
     assert r.status_code == 200
     events = r.json()["events"]
     actions = [e["action"] for e in events]
-    assert actions.index("decided") < actions.index("routed_to_review") < actions.index("reviewed")
+    assert actions.index("decided") < actions.index("routed_to_review") < actions.index("claimed")
+    assert actions.index("claimed") < actions.index("reviewed")  # who held it, then what they decided
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     assert all(len(e["row_hash"]) == 64 for e in events)
     other = review_keys(ctx, "auditco-other")

@@ -322,6 +322,15 @@ def test_appeal_is_decided_by_someone_else_and_reaches_the_platform(client, staf
     assert [b["event"] for b in got] == ["decision.created", "decision.updated", "appeal.decided"]
     assert got[1]["decision"]["action"] in ("block", "allow") and got[1]["decision"]["automated"] is False
     assert got[2]["appeal"]["outcome"] == "reversed" and got[2]["decision"]["action"] == "allow"
+
+    # Each delivery attempt is in the submission's timeline.
+    def attempted() -> list[dict[str, Any]] | None:
+        found = [e for e in events(client, staff, sid) if e["action"] == "callback_attempted"]
+        return found if len(found) >= 3 else None
+
+    attempts = wait_until(attempted, 30, what="callback attempts in the chain")
+    assert {a["facts"]["event"] for a in attempts} == {"decision.created", "decision.updated", "appeal.decided"}
+    assert all(a["facts"]["outcome"] == "delivered" and a["facts"]["http_status"] == 200 for a in attempts)
     receiver.close()
 
 
