@@ -20,7 +20,6 @@ import json
 import os
 import random
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import fresh_database, pct, run_header  # noqa: E402
+from bench.common import fresh_database, pct, run_header, start_api  # noqa: E402
 
 BIG, SMALL = "bench-audit", "bench-export"
 CATS = ("violence_gore", "hate", "spam", "scam_fraud", "sexual", "harassment", "privacy", "self_harm")
@@ -121,20 +120,6 @@ def seed(url: str, tenant: str, n: int, batch: int = 10_000) -> list[str]:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
     return [auditor, *reviewers]
-
-
-def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "moderation.cli", "api", "--port", str(port)], env=env, cwd=REPO)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the API did not start")
 
 
 def rss_mb(pid: int) -> float:
@@ -230,7 +215,7 @@ def main() -> None:
     big = seed(args.database, BIG, args.decisions)
     small = seed(args.database, SMALL, args.export)
     print(f"seeded {args.decisions} + {args.export} submissions in {time.monotonic() - t:.0f} s", flush=True)
-    api = start_api(env, args.port)
+    api = start_api(REPO, env, args.port)
     base = f"http://127.0.0.1:{args.port}"
     try:
         found = searches(base, big[0], big[1:], args.searches)

@@ -40,3 +40,25 @@ def run_header(args: Any) -> dict[str, Any]:
         "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "config": {k: str(v) for k, v in vars(args).items()},
     }
+
+
+def start_api(repo: Any, env: dict[str, str], port: int, workers: int = 1) -> Any:
+    """`moderation api` on `port` as a subprocess, returned once /healthz answers."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    argv = [sys.executable, "-m", "moderation.cli", "api", "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(argv, env=env, cwd=repo)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the API did not start")

@@ -23,7 +23,6 @@ import os
 import random
 import re
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import fresh_database, pct, run_header  # noqa: E402
+from bench.common import fresh_database, pct, run_header, start_api  # noqa: E402
 
 TENANT = "bench-review"
 CATEGORIES = ("violence_gore", "hate", "harassment", "spam", "sexual", "self_harm", "scam_fraud")
@@ -152,21 +151,6 @@ def seed(url: str, tasks: int, batch: int = 5000) -> list[str]:
     return keys
 
 
-def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "moderation.cli", "api", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(argv, env=env, cwd=REPO)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the API did not start")
-
-
 def workflow(base: str, keys: list[str], duration: float) -> dict[str, Any]:
     steps: dict[str, list[float]] = {"next": [], "case": [], "decision": []}
     decided = [0]
@@ -279,7 +263,7 @@ def main() -> None:
     t = time.monotonic()
     keys = seed(args.database, args.tasks)
     print(f"seeded {args.tasks} review tasks in {time.monotonic() - t:.0f} s", flush=True)
-    api = start_api(env, args.port, args.api_workers)
+    api = start_api(REPO, env, args.port, args.api_workers)
     base = f"http://127.0.0.1:{args.port}"
     try:
         pages = case_pages(base, keys[-1], args.database, args.case_samples)

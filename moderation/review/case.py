@@ -15,25 +15,12 @@ from sqlalchemy import Connection, and_, select
 from moderation.analyzers.base import Finding
 from moderation.db.tables import AUTOMATED, appeals, decisions, findings, iso, submissions
 from moderation.policy import Policy
+from moderation.policy.marks import score_marks
 from moderation.review.leases import task_json
 from moderation.review.reviewer import restricted_submissions
 
 HISTORY = 10
 _QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-
-
-def _marks(policy: Policy | None, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for cat, score in sorted(scores.items(), key=lambda kv: -float(kv[1])):
-        rule = policy.categories.get(cat) if policy else None
-        out[cat] = {
-            "score": float(score),
-            "review_at": rule.review_at if rule else None,
-            "restrict_at": rule.restrict_at if rule else None,
-            "block_at": rule.block_at if rule else None,
-            "clause": rule.dsa.clause if rule else None,
-        }
-    return out
 
 
 def injected_spans(ocr_text: str | None, rationale: dict[str, str]) -> list[list[int]]:
@@ -62,7 +49,7 @@ def finding_view(f: Finding, policy: Policy | None) -> dict[str, Any]:
         "analyzer": f.analyzer,
         "version": f.version,
         "model": f.model,
-        "scores": _marks(policy, f.scores),
+        "scores": score_marks(policy, f.scores),
         "confidence": f.confidence,
         "rationale": f.rationale,
         "ocr_text": f.ocr_text,
@@ -189,7 +176,7 @@ def build_case(
             "id": sub.policy_id,
             "version": policy.version if policy else None,
             "clauses": clauses,
-            "scores": _marks(policy, automated.categories if automated is not None else {}),
+            "scores": score_marks(policy, automated.categories if automated is not None else {}),
         },
         "images": {"safe": f"{image}?variant=safe", "original": f"{image}?variant=original"},
     }

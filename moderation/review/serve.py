@@ -16,6 +16,7 @@ from moderation.review import golden
 from moderation.review.leases import next_task
 from moderation.review.media import exposure
 from moderation.review.reviewer import Reviewer
+from moderation.settings import Settings
 
 
 def serve_next(
@@ -49,3 +50,26 @@ def serve_next(
     if task is not None:
         task["exposure"] = spent.to_json()
     return task
+
+
+def serve_for(
+    conn: Connection,
+    reviewer: Reviewer,
+    settings: Settings,
+    policies: dict[str, Policy],
+    now: datetime,
+    queue: str | None = None,
+    exclude: str | None = None,
+) -> dict[str, Any] | None:
+    """`serve_next` with the deployment's lease, golden rate and exposure budget."""
+    return serve_next(
+        conn,
+        reviewer,
+        now,
+        lease_s=settings.review_lease_s,
+        golden_rate=settings.golden_rate,
+        budget=settings.exposure_budget_per_hour,
+        queue=queue,
+        exclude=exclude,
+        policies=policies,
+    )

@@ -12,20 +12,7 @@ from moderation.analyzers.base import Finding
 from moderation.db.tables import as_utc, audit_events, decisions, findings, iso, submissions
 from moderation.errors import ModerationError
 from moderation.policy import Policy
-
-
-def _marks(policy: Policy | None, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for cat, score in sorted(scores.items(), key=lambda kv: -float(kv[1])):
-        rule = policy.categories.get(cat) if policy else None
-        out[cat] = {
-            "score": float(score),
-            "review_at": rule.review_at if rule else None,
-            "restrict_at": rule.restrict_at if rule else None,
-            "block_at": rule.block_at if rule else None,
-            "clause": rule.dsa.clause if rule else None,
-        }
-    return out
+from moderation.policy.marks import score_marks
 
 
 def trace(conn: Connection, tenant_id: str, submission_id: str, policies: dict[str, Policy]) -> dict[str, Any]:
@@ -48,7 +35,7 @@ def trace(conn: Connection, tenant_id: str, submission_id: str, policies: dict[s
                 "analyzer": f.analyzer,
                 "version": f.version,
                 "after_s": round((as_utc(row.created_at) - start).total_seconds(), 3),
-                "scores": _marks(policy, f.scores),
+                "scores": score_marks(policy, f.scores),
                 "confidence": f.confidence,
                 "flags": {k: v for k, v in f.flags.items() if v},
                 "rationale": f.rationale,
@@ -64,7 +51,7 @@ def trace(conn: Connection, tenant_id: str, submission_id: str, policies: dict[s
         d = ([r for r in rows if not r.automated] or rows)[-1]
         decision = {
             "action": d.action,
-            "categories": _marks(policy, {k: float(v) for k, v in (d.categories or {}).items()}),
+            "categories": score_marks(policy, {k: float(v) for k, v in (d.categories or {}).items()}),
             "reasons": d.reasons,
             "automated": bool(d.automated),
             "after_s": round((as_utc(d.decided_at) - start).total_seconds(), 3),

@@ -22,7 +22,7 @@ from moderation.review import leases, media
 from moderation.review.case import build_case
 from moderation.review.listing import TaskFilter, list_tasks, queue_counts
 from moderation.review.reviewer import REVIEW_ROLES, Reviewer
-from moderation.review.serve import serve_next
+from moderation.review.serve import serve_for
 from moderation.web.common import (
     COOKIE,
     HEADERS,
@@ -176,20 +176,17 @@ def start(
     return _next(request, session, reviewer, queue or None)
 
 
-def _next(request: Request, session: sessions.WebSession, reviewer: Reviewer, queue: str | None) -> Response:
+def _next(
+    request: Request,
+    session: sessions.WebSession,
+    reviewer: Reviewer,
+    queue: str | None,
+    skipped: str | None = None,
+) -> Response:
+    """Claim the next task (never `skipped`, and no golden item right after a skip) and open it."""
     ctx = ctx_of(request)
-    s = ctx.settings
     with ctx.engine.begin() as conn:
-        task = serve_next(
-            conn,
-            reviewer,
-            utcnow(),
-            lease_s=s.review_lease_s,
-            golden_rate=s.golden_rate,
-            budget=s.exposure_budget_per_hour,
-            queue=queue,
-            policies=ctx.policies,
-        )
+        task = serve_for(conn, reviewer, ctx.settings, ctx.policies, utcnow(), queue, exclude=skipped)
         if task is None:
             return redirect("/console?empty=" + quote(queue or "all"))
         sessions.remember_claim(conn, session, task["id"], task["claim"]["token"])
@@ -282,29 +279,7 @@ def skip(
         leases.release(conn, reviewer, task_id[:32], session.claims.get(task_id[:32]), utcnow())
         sessions.remember_claim(conn, session, task_id[:32], None)
     # The skipped task is open again and would come straight back: serve the others.
-    return _next_except(request, _reload(request, token), reviewer, queue or None, task_id[:32])
-
-
-def _next_except(
-    request: Request, session: sessions.WebSession, reviewer: Reviewer, queue: str | None, skipped: str
-) -> Response:
-    ctx = ctx_of(request)
-    s = ctx.settings
-    with ctx.engine.begin() as conn:
-        task = serve_next(
-            conn,
-            reviewer,
-            utcnow(),
-            lease_s=s.review_lease_s,
-            golden_rate=0.0,
-            budget=s.exposure_budget_per_hour,
-            queue=queue,
-            exclude=skipped,
-        )
-        if task is None:
-            return redirect("/console?empty=" + quote(queue or "all"))
-        sessions.remember_claim(conn, session, task["id"], task["claim"]["token"])
-    return redirect(f"/console/tasks/{task['id']}")
+    return _next(request, _reload(request, token), reviewer, queue or None, skipped=task_id[:32])
 
 
 @router.get("/tasks/{task_id}/image")

@@ -264,7 +264,9 @@ def test_the_database_audit_log_and_logs_hold_no_key_material(service_env, ctx, 
             conn.execute(select(api_keys.c.id, api_keys.c.key_hash).where(api_keys.c.tenant_id == "material-co")).all()
         )
         events = conn.execute(
-            select(audit_events.c.action, audit_events.c.body).where(audit_events.c.tenant_id == "material-co")
+            select(audit_events.c.action, audit_events.c.body)
+            .where(audit_events.c.tenant_id == "material-co")
+            .order_by(audit_events.c.seq)  # chain order: without it PostgreSQL may answer in any order
         ).all()
     everything = "\n".join(dump)
     for key, secret in zip((first, second), secrets_, strict=True):

@@ -18,7 +18,7 @@ from moderation.review import golden, leases, media
 from moderation.review.case import build_case
 from moderation.review.listing import TaskFilter, list_tasks, queue_counts
 from moderation.review.reviewer import Reviewer
-from moderation.review.serve import serve_next
+from moderation.review.serve import serve_for
 
 router = APIRouter(tags=["review"])
 
@@ -91,18 +91,8 @@ def review_queues(ctx: Ctx, who: Auth) -> dict[str, Any]:
 def review_next(ctx: Ctx, who: Auth, queue: Annotated[str | None, Query(max_length=32)] = None) -> Any:
     """Claim the most urgent task the caller may take: 200 with the task and its `claim`, 204 when none."""
     reviewer = reviewer_of(who)
-    s = ctx.settings
     with ctx.engine.begin() as conn:
-        task = serve_next(
-            conn,
-            reviewer,
-            utcnow(),
-            lease_s=s.review_lease_s,
-            golden_rate=s.golden_rate,
-            budget=s.exposure_budget_per_hour,
-            queue=queue,
-            policies=ctx.policies,
-        )
+        task = serve_for(conn, reviewer, ctx.settings, ctx.policies, utcnow(), queue)
     return task if task is not None else Response(status_code=204)
 
 
