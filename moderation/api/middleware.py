@@ -3,23 +3,30 @@ rate limits) and the request body cap."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import time
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moderation import metrics
 from moderation.access import Principal
 from moderation.access.ratelimit import Bucket
+from moderation.access.sessions import load_session
 from moderation.api.errors import error_response
+from moderation.db.tables import utcnow
 from moderation.errors import ModerationError
 from moderation.pipeline.context import Context
 from moderation.settings import Settings
+from moderation.web.common import COOKIE
 
 log = logging.getLogger(__name__)
 _GUESSING = "Too many requests with unknown keys."
@@ -39,6 +46,9 @@ class Admission:
         self._blocked: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PLAYGROUND_UPLOAD:
+            await self._playground(scope, receive, send)
+            return
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
@@ -97,6 +107,33 @@ class Admission:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
+    async def _playground(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The console's upload takes API-sized bodies: only from a live session whose key is
+        within its rate, checked from the cookie before a byte of the body is read."""
+        cookies: SimpleCookie = SimpleCookie()
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                with contextlib.suppress(CookieError):  # a malformed cookie header is no session
+                    cookies.load(value.decode("latin-1"))
+        morsel = cookies.get(COOKIE)
+        token = morsel.value if morsel is not None else None
+        session = await anyio.to_thread.run_sync(self._session, token)
+        if session is None:  # as every console page answers without a session
+            await RedirectResponse("/console/sign-in?next=/console/playground", 303)(scope, receive, send)
+            return
+        s = self.settings
+        if s.rate_limit:
+            bucket = Bucket(f"key:{session.key_id}", s.rate_limit_key_per_s, s.rate_limit_key_burst)
+            over = await anyio.to_thread.run_sync(self.ctx.limiter.take, [bucket])
+            if over:
+                await self._limited(scope, receive, send, over, "Over the request rate of this key.")
+                return
+        await self.app(scope, receive, send)
+
+    def _session(self, token: str | None) -> Any:
+        with self.ctx.engine.connect() as conn:
+            return load_session(conn, token, utcnow())
+
     async def _limited(self, scope: Scope, receive: Receive, send: Send, wait: float, message: str) -> None:
         retry = max(1, math.ceil(wait))
         response = error_response("RATE_LIMITED", message, 429, {"retry_after_s": retry})
@@ -105,7 +142,9 @@ class Admission:
 
 
 # Routes that take uploads; every other body (JSON) is small.
-_UPLOADS = re.compile(r"^/v1/(?:submissions|banks/[^/]+/(?:images|hashes))/?$")
+_UPLOADS = re.compile(r"^(?:/v1/(?:submissions|banks/[^/]+/(?:images|hashes))|/console/playground)/?$")
+# The console's upload (its session is checked by Admission before the body is read).
+PLAYGROUND_UPLOAD = "/console/playground"
 JSON_BODY_LIMIT = 1024 * 1024
 
 

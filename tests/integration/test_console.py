@@ -165,3 +165,31 @@ def test_guessing_keys_at_the_sign_in_form_is_rate_limited(ctx: Any) -> None:
     ) as c:
         codes = [sign_in(c, f"mk_000000000000_guess{i}").status_code for i in range(burst + 5)]
     assert codes[:burst] == [401] * burst and codes[-1] == 429, codes
+
+
+def test_playground_uploads_need_a_session_before_the_body_is_read(client: Any, staff: dict[str, str]) -> None:
+    import io
+
+    from PIL import Image
+
+    client.cookies.clear()
+    r = client.post(
+        "/console/playground", files={"file": ("x.png", b"\x89PNG" + b"0" * 2_000_000)}, follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/sign-in")
+    client.cookies.set("moderation_session", "forged", path="/console")
+    forged = client.post("/console/playground", files={"file": ("x.png", b"0")}, follow_redirects=False)
+    assert forged.status_code == 303
+    sign_in(client, staff["submitter"])
+    page = client.get("/console/playground")
+    big = io.BytesIO()  # over the 1 MiB of ordinary forms: the playground takes what the API takes
+    Image.effect_noise((900, 900), 90).convert("RGB").save(big, "PNG")
+    assert big.tell() > 1024 * 1024
+    r = client.post(
+        "/console/playground",
+        data={"csrf": csrf_of(page), "policy": "hash-only"},
+        files={"file": ("big.png", big.getvalue())},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/playground/")
+    client.cookies.clear()
