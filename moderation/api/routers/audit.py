@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
 from moderation import audit
@@ -62,10 +62,7 @@ def audit_verify(
         return checkpoints.verify_with_settings(conn, who.tenant_id, cp, ctx.settings).to_json()
 
 
-@router.get("/v1/audit/decisions")
-def audit_decisions(
-    ctx: Ctx,
-    who: Auth,
+def decision_filter(
     since: datetime | None = None,
     until: datetime | None = None,
     action: Annotated[str | None, Query(max_length=16)] = None,
@@ -76,12 +73,26 @@ def audit_decisions(
     policy_version: Annotated[str | None, Query(max_length=64)] = None,
     appealed: bool | None = None,
     reversed: bool | None = None,
+) -> DecisionFilter:
+    """The decision filters that search and exports share (every field narrows)."""
+    return DecisionFilter(
+        since, until, action, category, automated, reviewer, policy, policy_version, appealed, reversed
+    )
+
+
+Filters = Annotated[DecisionFilter, Depends(decision_filter)]
+
+
+@router.get("/v1/audit/decisions")
+def audit_decisions(
+    ctx: Ctx,
+    who: Auth,
+    f: Filters,
     after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Decisions of the caller's tenant (automated and human) in id order; page with `after_id`."""
     who.require("auditor")
-    f = DecisionFilter(since, until, action, category, automated, reviewer, policy, policy_version, appealed, reversed)
     with ctx.engine.connect() as conn:
         return search(conn, who.tenant_id, f, after_id, limit)
 
@@ -96,21 +107,11 @@ def audit_timeline(submission_id: Annotated[str, Path(max_length=64)], ctx: Ctx,
 
 @router.get("/v1/audit/export", response_class=StreamingResponse)
 def audit_export(
-    ctx: Ctx,
-    who: Auth,
-    format: Literal["csv", "jsonl", "dsa"] = "jsonl",
-    since: datetime | None = None,
-    until: datetime | None = None,
-    action: Annotated[str | None, Query(max_length=16)] = None,
-    category: Annotated[str | None, Query(max_length=32)] = None,
-    automated: bool | None = None,
-    reviewer: Annotated[str | None, Query(max_length=64)] = None,
-    policy: Annotated[str | None, Query(max_length=64)] = None,
+    ctx: Ctx, who: Auth, f: Filters, format: Literal["csv", "jsonl", "dsa"] = "jsonl"
 ) -> StreamingResponse:
     """Stream the tenant's decisions as CSV, JSON Lines, or DSA statements of reasons (JSON Lines,
     one statement per line, schema pinned in `X-DSA-Schema`). No row cap; memory stays flat."""
     who.require("auditor")
-    f = DecisionFilter(since, until, action, category, automated, reviewer, policy)
     f.check()
     body = exports.export(ctx.engine, who.tenant_id, f, format, ctx.policies, who.key_id)
     name = f"decisions-{who.tenant_id}.{'csv' if format == 'csv' else 'jsonl'}"
