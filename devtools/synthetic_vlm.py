@@ -300,3 +300,29 @@ def save_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_tiny_adapter(base: Path, path: Path, seed: int = 1, rank: int = 4) -> Path:
+    """A LoRA adapter (PEFT format) over the tiny checkpoint at `base`, with random non-zero
+    weights on the language model's attention projections: loaded over the base model it answers
+    differently, as a platform's fine-tune would."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(base, local_files_only=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=4 * rank,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+        init_lora_weights=False,  # random A and B: the adapter changes the answers from the first token
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(4.0)
+    path.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(path)
+    return path

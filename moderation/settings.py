@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     vlm: bool = False
     vlm_engine: Literal["transformers", "openai"] = "transformers"
     vlm_model: str = "zai-org/GLM-4.6V-Flash"  # hub id (local cache) or a local checkpoint path
+    # A platform's own fine-tune: a PEFT (LoRA) adapter folder loaded over vlm_model by the
+    # transformers engine, or, with the openai engine, the name a vLLM server serves it under
+    # (`--lora-modules NAME=PATH`). Part of the model's identity and of the verdict-cache key.
+    vlm_adapter: str | None = None
     vlm_device: str = "auto"  # auto | cuda | cuda:N | cpu (`moderation worker --device cpu`)
     vlm_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
     vlm_image_side: int = 672  # long side of the image fed to the model: the speed/quality trade-off
@@ -229,6 +233,7 @@ class Settings(BaseSettings):
         "audit_signing_key",
         "audit_verify_key",
         "audit_checkpoint_dir",
+        "vlm_adapter",
         mode="before",
     )
     @classmethod

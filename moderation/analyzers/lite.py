@@ -33,6 +33,7 @@ from moderation.settings import Settings, data_dir
 LEXICON = data_dir("policies") / "lite" / "lexicon.yaml"
 MIN_TEXT_SIDE = 8  # px: images (or strips) thinner than this are not read
 NUDITY = data_dir("policies") / "lite" / "nudity.yaml"
+TEXTCLF = data_dir("policies") / "lite" / "textclf.npz"
 
 
 def _digest(path: Path) -> str:
@@ -240,14 +241,17 @@ def normalise(text: str) -> str:
 
 class LiteAnalyzer(Analyzer):
     name = "lite"
-    version = f"lite-2.{_digest(LEXICON)}"  # with the shipped lexicon; an instance names its own
+    version = f"lite-3.{_digest(LEXICON)}.{_digest(TEXTCLF)}"  # the shipped data; an instance names its own
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
-        """The version of the lexicon this stage would load (the verdict cache key)."""
+        """The versions of the lexicon and the text classifier this stage would load (the verdict
+        cache key): retraining the classifier invalidates cached verdicts, as editing a rule does."""
+        data = settings.lite_dir if settings else LEXICON.parent
         lexicon = options.get("lexicon")
-        path = Path(lexicon) if lexicon else (settings.lite_dir / "lexicon.yaml" if settings else LEXICON)
-        return f"lite-2.{_digest(path)}"
+        path = Path(lexicon) if lexicon else data / "lexicon.yaml"
+        weights = data / "textclf.npz"
+        return f"lite-3.{_digest(path)}.{_digest(weights) if weights.exists() else 'none'}"
 
     def __init__(
         self,
@@ -279,22 +283,24 @@ class LiteAnalyzer(Analyzer):
         self.injection_like: Any = None
         if embeddings:
             try:
-                from moderation.analyzers.embed import InjectionSimilarity, TextRisk
+                from moderation.analyzers.embed import InjectionSimilarity, MiniLM
+                from moderation.analyzers.textclf import TextClassifier
 
-                self.risk = TextRisk(exemplars=data / "exemplars.yaml", calibration=data / "calibration.yaml")
-                self.injection_like = InjectionSimilarity(self.risk.model, data / "injection_exemplars.yaml")
+                encoder = MiniLM()
+                self.risk = TextClassifier(encoder, data / "textclf.npz")
+                self.injection_like = InjectionSimilarity(encoder, data / "injection_exemplars.yaml")
             except ImportError:
                 self.risk = None
         from rapidocr import RapidOCR
 
         self.lexicon = Lexicon(Path(lexicon) if lexicon else data / "lexicon.yaml")
-        self.version = f"lite-2.{self.lexicon.version}"
+        self.version = f"lite-3.{self.lexicon.version}.{self.risk.version if self.risk is not None else 'none'}"
         self.max_frames = max_frames
         self.det_side = det_side
         self.ocr = RapidOCR(
             params={
                 "Global.use_cls": False,  # memes and screenshots are upright; the classifier costs time
-                "Global.log_level": "warning",
+                "Global.log_level": "error",  # "no text found" is not news on a photo
                 "Det.limit_type": "max",  # cap the long side (the default upscales the short side)
                 "Det.limit_side_len": det_side,
                 "EngineConfig.onnxruntime.intra_op_num_threads": threads,
@@ -365,7 +371,6 @@ class LiteAnalyzer(Analyzer):
         ocr_text = " ".join(t for t, _, _ in readable)
         text = normalise(f"{item.caption or ''} {ocr_text}")
         scores, why, unsure = self.lexicon.score(text)
-        rules_hit = set(scores)
         # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
         segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
         segments = list(dict.fromkeys(segments))
@@ -376,10 +381,8 @@ class LiteAnalyzer(Analyzer):
                 strict=True,
             ):
                 for c, p in seg_scores.items():
-                    if c in self.lexicon.categories and p > scores.get(c, 0.0):
-                        scores[c], why[c] = p, f"reads like the {c} exemplars ({p:.2f}): {segment[:80]!r}"
-                        if c not in rules_hit and 0.35 <= p < 0.75:
-                            unsure = True  # the embedding alone, in its unsure band: not enough to decide
+                    if p > scores.get(c, 0.0):
+                        scores[c], why[c] = p, f"text classifier: {c} {p:.2f} for {segment[:80]!r}"
         injected = self.lexicon.injected(text)
         if injected is None and self.injection_like is not None:
             near = self.injection_like.match([normalise(s) for s in segments])
@@ -416,7 +419,10 @@ class LiteAnalyzer(Analyzer):
             analyzer=self.name,
             version=self.version,
             stage="lite",
-            scores={c: round(s, 3) for c, s in scores.items() if not covered or c in covered},
+            # What the text says counts in every category of the policy (a caption offering nudes
+            # is evidence), but `covered` names only what the analyzer can rule out: pictures of
+            # nudity, gore or weapons are for the VLM or the nudity extra.
+            scores={c: round(s, 3) for c, s in scores.items() if not item.categories or c in item.categories},
             confidence=confidence,
             covered=covered if covered is not None else sorted(can_see),
             rationale=rationale,
@@ -428,7 +434,11 @@ class LiteAnalyzer(Analyzer):
                 "prompt_version": self.lexicon.version,
                 "ms": f"{(time.perf_counter() - started) * 1000:.0f}",
                 "det_side": str(self.det_side),
-                "embeddings": "all-MiniLM-L6-v2 (numpy), calibrated" if self.risk is not None else "unavailable",
+                "text_classifier": (
+                    f"textclf {self.risk.version}: all-MiniLM-L6-v2 + hashed n-grams (numpy), calibrated"
+                    if self.risk is not None
+                    else "unavailable"
+                ),
                 "nudity": f"nudenet 320n ({self.nudity.version})" if self.nudity is not None else "not installed",
             },
         )

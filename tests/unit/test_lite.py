@@ -118,21 +118,23 @@ def test_lexicon_rules() -> None:
     assert lex.score("这首歌笑死我了")[0] == {}
 
 
-def test_embeddings_rank_threats_above_jokes() -> None:
-    from moderation.analyzers.embed import TextRisk
+def test_text_classifier_ranks_threats_above_jokes() -> None:
+    from moderation.analyzers.textclf import TextClassifier
 
-    risk = TextRisk()
-    threat = risk.score("i am going to hurt you when i find you")
-    joke = risk.score("this homework is killing me")
-    assert threat["harassment"] > 0.5 > joke["harassment"]
+    risk = TextClassifier()
+    threat, joke = risk.score_many(["i am going to hurt you when i find you", "this homework is killing me"])
+    assert threat["harassment"] > joke["harassment"] and joke["harassment"] < 0.2
     assert all(0.0 <= p <= 1.0 for p in threat.values())
-    assert risk.score("我知道你住哪") == {}  # MiniLM cannot read Chinese: the rules do
+    # Chinese is read by the character n-grams (MiniLM cannot read it).
+    sale, dinner = risk.score_many(["出 售 冰 毒 送 货 上 门", "周末一起去吃火锅吧"])
+    assert sale["drugs"] > 0.5 > dinner["drugs"]
 
 
-def test_lite_reports_its_embedding_model(lite) -> None:
+def test_lite_reports_its_text_classifier(lite) -> None:
     f = run(lite, Image.new("RGB", (300, 200)), caption="send me bitcoin and i will double it")
-    assert f.model is not None and "MiniLM" in f.model["embeddings"]
+    assert f.model is not None and "MiniLM" in f.model["text_classifier"]
     assert f.scores["scam_fraud"] >= 0.5
+    assert f.version == lite.version and lite.risk.version in f.version
 
 
 def test_nudity_detector_mapping_and_coverage(lite) -> None:

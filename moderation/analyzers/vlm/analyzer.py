@@ -23,7 +23,7 @@ from PIL import Image
 
 from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
 from moderation.analyzers.vlm.batching import MicroBatcher
-from moderation.analyzers.vlm.engines import Engine, Generation, Request, build_engine, model_ref
+from moderation.analyzers.vlm.engines import Engine, Generation, Request, adapter_digest, build_engine, model_ref
 from moderation.analyzers.vlm.logprob import expected_scores
 from moderation.analyzers.vlm.prompts import (
     RenderedPrompt,
@@ -55,8 +55,10 @@ class VlmAnalyzer(Analyzer):
         score_method: str | None = None,
         settings: Settings | None = None,
         engine_instance: Engine | None = None,
+        adapter: str | None = None,
     ) -> None:
         s = settings or Settings()
+        adapter = adapter or s.vlm_adapter
         self.spec = load_prompt(s.policies_dir, prompt)
         self.max_new_tokens = max_new_tokens or s.vlm_max_new_tokens
         self.score_method = score_method or s.vlm_score_method
@@ -74,7 +76,7 @@ class VlmAnalyzer(Analyzer):
             self.engine = build_engine(
                 "openai",
                 base_url=s.vlm_base_url,
-                model=model or s.vlm_model,
+                model=adapter or model or s.vlm_model,  # vLLM serves a LoRA adapter under its own name
                 api_key=s.vlm_api_key,
                 image_side=side,
                 concurrency=s.vlm_concurrency,
@@ -84,7 +86,7 @@ class VlmAnalyzer(Analyzer):
         else:
             self.engine = build_engine(
                 "transformers", model=model_ref(model or s.vlm_model), device=s.vlm_device, dtype=s.vlm_dtype,
-                image_side=side, prefix_cache=s.vlm_prefix_cache,
+                image_side=side, prefix_cache=s.vlm_prefix_cache, adapter=adapter,
             )  # fmt: skip
         self.version = f"{self.engine.model_id.rstrip('/').rsplit('/', 1)[-1]}@{self.engine.model_version}"
         # In-process models run one batch at a time; a remote server takes several batches at once
@@ -112,6 +114,9 @@ class VlmAnalyzer(Analyzer):
         engine = options.get("engine") or s.vlm_engine
         side = options.get("image_side") or s.vlm_image_side
         method = options.get("score_method") or s.vlm_score_method
+        adapter = options.get("adapter") or s.vlm_adapter
+        if adapter:
+            model = f"{model}+{adapter_digest(str(adapter))}"
         return f"{engine}:{model}:{side}:{method}:{spec.full_version}"
 
     @classmethod
@@ -235,7 +240,13 @@ class VlmAnalyzer(Analyzer):
             "score_method": self.score_method,
         }
         if g is not None:
-            m |= {"batch_id": g.batch_id, "batch_size": str(g.batch_size), "attempt": str(attempt + 1)}
+            m |= {
+                "batch_id": g.batch_id,
+                "batch_size": str(g.batch_size),
+                "attempt": str(attempt + 1),
+                "tokens_in": str(g.tokens_in),
+                "tokens_out": str(g.tokens_out),
+            }
         return m
 
     def _error(self, why: str) -> Finding:

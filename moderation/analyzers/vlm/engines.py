@@ -13,6 +13,7 @@ Heavy imports (torch, transformers) happen inside `TransformersEngine.__init__` 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import uuid
@@ -133,3 +134,17 @@ def model_ref(path_or_id: str) -> str:
     """A local checkpoint path as an absolute path; a hub id unchanged (resolved from the local cache)."""
     p = Path(path_or_id).expanduser()
     return str(p.resolve()) if p.exists() else path_or_id
+
+
+def adapter_digest(adapter: str) -> str:
+    """What identifies an adapter: a local PEFT folder by the digest of its config and weights
+    (retrained in place, it is a new model), a name served by a vLLM server by that name."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        return adapter
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.name.startswith("adapter_"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -19,6 +20,7 @@ from moderation.analyzers.vlm.engines import (
     Generation,
     Outcome,
     Request,
+    adapter_digest,
     add_alternative,
     fatal_device_error,
     fit_long_side,
@@ -80,6 +82,7 @@ class TransformersEngine:
         attn_implementation: str = "sdpa",
         loaded: tuple[Any, Any] | None = None,  # (model, processor) already built (benchmarks)
         prefix_cache: bool = default("vlm_prefix_cache"),
+        adapter: str | None = None,  # a PEFT (LoRA) adapter folder, merged into the weights
     ) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -125,6 +128,8 @@ class TransformersEngine:
         self.processor.tokenizer.padding_side = "left"
         self.model_id = str(getattr(self.model.config, "_name_or_path", "") or model)
         self.model_version = str(getattr(self.model.config, "_commit_hash", None) or self._config_digest())
+        if adapter:
+            self._merge_adapter(adapter)
         self.batch_log: deque[BatchLogEntry] = deque(maxlen=1000)
         self._lock = threading.Lock()  # one model call at a time
         self.broken: str | None = None  # set when the device is unusable for good
@@ -134,6 +139,22 @@ class TransformersEngine:
         # of a batch, so prefill only pays for the image and the caption (see _share_prefix).
         self.prefix_cache = prefix_cache
         self._prefixes: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+
+    def _merge_adapter(self, adapter: str) -> None:
+        """Load a PEFT adapter over the base weights and merge it in: the same model class and
+        code path as the base model, at the base model's speed. Its digest joins the model's
+        identity, so findings and cached verdicts name the fine-tune that made them."""
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise RuntimeError("MODERATION_VLM_ADAPTER needs peft (the `[vlm]` extra)") from exc
+        path = Path(adapter).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise RuntimeError(f"VLM adapter {adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
+        self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False).merge_and_unload()
+        self.model.to(self.device).eval()
+        self.model_id = f"{self.model_id}+{path.resolve().name}"
+        self.model_version = f"{self.model_version}+{adapter_digest(str(path))}"
 
     def _device_lost(self) -> bool:
         """After an unexpected error on a GPU: is the CUDA context still usable? Errors such as

@@ -1,0 +1,196 @@
+"""Text risk per category: a trained classifier over sentence embeddings and character n-grams.
+
+Two views of each text feed one softmax regression over the categories of the taxonomy and
+`harmless`:
+
+- the all-MiniLM-L6-v2 sentence embedding (`embed.MiniLM`, NumPy): meaning, for English;
+- its nearest training texts: per class, the similarity of the nearest one and of the nearest
+  three (the local structure a linear model on the embedding misses);
+- hashed n-grams: words and word pairs, character 3-5-grams inside words (misspellings,
+  leetspeak, "unalive"), Chinese characters and their pairs and triples (MiniLM reads no
+  Chinese), and emoji. The vocabulary is hashed, so no word list ships: only the weights of the
+  buckets the training texts used.
+
+The weights, the feature settings and a Platt calibration per category (fitted on out-of-fold
+predictions, so the probabilities mean what they say) live in one file,
+`policies/lite/textclf.npz`, written by `textfit.fit` (`python bench/fit_text.py`). Its digest is
+part of the lite analyzer's version and of the verdict-cache key. Inference is NumPy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import unicodedata
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from moderation.settings import data_dir
+
+WEIGHTS = data_dir("policies") / "lite" / "textclf.npz"
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
+_WORD = re.compile(f"[^\\W_{_CJK}]+(?:'[^\\W_{_CJK}]+)?")
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
+_LEETY = re.compile(r"[a-z][a-z0-9@$!]*[0-9@$!][a-z0-9@$!]*|[0-9@$!]+[a-z][a-z0-9@$!]*")
+
+
+class Encoder(Protocol):
+    def encode(self, sentences: list[str]) -> np.ndarray: ...
+
+
+def normalise(text: str) -> str:
+    """NFKC, lower case, one space (as the lite analyzer compares text: the embedding of a text it
+    already encoded is then reused)."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def grams(text: str) -> list[str]:
+    """The n-gram features of one normalised text (each named by its kind)."""
+    out: list[str] = []
+    text = _CJK_GAP.sub("", text)  # CJK split by spaces, as OCR often returns it, joined
+    # Letters spaced out one by one ("k i l l y o u r s e l f") read as one word too.
+    spaced = re.sub(r"(?<!\S)((?:[a-z] ){2,}[a-z])(?!\S)", lambda m: m.group(1).replace(" ", ""), text)
+    leety = _LEETY.sub(lambda m: m.group(0).translate(_LEET), spaced)
+    words = _WORD.findall(leety)
+    out += (f"w:{w}" for w in words)
+    out += (f"b:{a} {b}" for a, b in itertools.pairwise(words))
+    for w in set(words):
+        if len(w) < 3 or w.isdigit():
+            continue
+        padded = f"<{w}>"
+        for n in (3, 4, 5):
+            out += (f"c:{padded[i : i + n]}" for i in range(len(padded) - n + 1))
+    for run in _CJK_RUN.findall(text):
+        for n in (1, 2, 3):
+            out += (f"h:{run[i : i + n]}" for i in range(len(run) - n + 1))
+    out += (f"e:{ch}" for ch in text if unicodedata.category(ch) == "So")
+    if re.search(r"https?://|www\.|\.(?:com|net|xyz|top|io|co|ru|cn)\b", text):
+        out.append("x:url")
+    if re.search(r"\b(?:0x[0-9a-f]{20,}|(?:bc1|[13])[a-z0-9]{25,39}|t[a-z0-9]{33})\b", text):
+        out.append("x:wallet")
+    if re.search(r"\d{3}[-. ]?\d{2,4}[-. ]?\d{4}", text):
+        out.append("x:number")
+    return out
+
+
+def hashed(text: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket ids, values) of one normalised text: each distinct n-gram once, L2-normalised."""
+    mask = (1 << bits) - 1
+    ids = np.array(sorted({zlib.crc32(g.encode("utf-8")) & mask for g in grams(text)}), dtype=np.int64)
+    values = np.full(len(ids), 1.0 / np.sqrt(max(1, len(ids))), dtype=np.float32)
+    return ids, values
+
+
+def embeddable(text: str) -> bool:
+    """Whether MiniLM can read `text`: mostly Latin script. It embeds every Chinese line alike
+    (noise a classifier learns to trust), so CJK text is left to the n-grams."""
+    cjk = len(_CJK_CHARS.findall(text))
+    latin = len(re.findall(r"[a-z]", text))
+    return latin >= 4 and latin >= 2 * cjk
+
+
+_CJK_CHARS = re.compile(f"[{_CJK}]")
+
+
+def embeddings(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """The sentence embedding of each text MiniLM can read; zeros for the rest."""
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    keep = [i for i, t in enumerate(texts) if embeddable(t)]
+    if keep:
+        out[keep] = encoder.encode([texts[i] for i in keep])
+    return out
+
+
+def neighbours(
+    vectors: np.ndarray, ref: np.ndarray, labels: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Per class (a column of `labels`, a boolean (len(ref), K) matrix): the cosine similarity of
+    each vector to its nearest reference text of that class, and the mean over the nearest three.
+    `exclude[i]`: the row of `ref` that is vector i itself (leave-one-out while training), or -1."""
+    sims = vectors @ ref.T
+    if exclude is not None:
+        rows = np.where(exclude >= 0)[0]
+        sims[rows, exclude[rows]] = -1.0
+    out = np.zeros((len(vectors), 2 * labels.shape[1]), dtype=np.float32)
+    for k in range(labels.shape[1]):
+        cls = sims[:, labels[:, k]]
+        if cls.shape[1] == 0:
+            continue
+        top = -np.sort(-cls, axis=1)[:, :3]
+        out[:, 2 * k], out[:, 2 * k + 1] = top[:, 0], top.mean(axis=1)
+    out[~vectors.any(axis=1)] = 0.0  # text MiniLM cannot read has no neighbours
+    return out
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -40, 40))))
+
+
+class TextClassifier:
+    """Calibrated P(category | text) for each category the weights file was trained on."""
+
+    def __init__(self, encoder: Encoder | None = None, path: Path = WEIGHTS) -> None:
+        if encoder is None:
+            from moderation.analyzers.embed import MiniLM
+
+            encoder = MiniLM()
+        self.encoder = encoder
+        data = np.load(path, allow_pickle=False)
+        self.version = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        self.categories: list[str] = [str(c) for c in data["categories"]]
+        self.bits = int(data["bits"])
+        self.emb_scale = float(data["emb_scale"])
+        self.dense = np.asarray(data["dense"], dtype=np.float32)  # (384, C + 1): the last is `harmless`
+        self.bucket_ids = np.asarray(data["bucket_ids"], dtype=np.int64)  # sorted (K,)
+        self.bucket_w = np.asarray(data["bucket_w"], dtype=np.float32)  # (K, C + 1)
+        self.bias = np.asarray(data["bias"], dtype=np.float32)
+        self.platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2): a, b
+        # Nearest training texts: their embeddings and classes, and the weights of the features.
+        self.knn_ref = np.asarray(data["knn_ref"], dtype=np.float32)  # (N, 384)
+        self.knn_labels = np.asarray(data["knn_labels"], dtype=bool)  # (N, C + 1)
+        self.knn_w = np.asarray(data["knn_w"], dtype=np.float32)  # (2 (C + 1), C + 1)
+
+    def logits(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
+        """Raw softmax logits, (len(texts), C + 1), of normalised texts."""
+        if not texts:
+            return np.zeros((0, len(self.categories) + 1), dtype=np.float32)
+        if vectors is None:
+            vectors = embeddings(self.encoder, texts)
+        z = (vectors * self.emb_scale) @ self.dense + self.bias
+        z += neighbours(vectors, self.knn_ref, self.knn_labels) @ self.knn_w
+        for i, text in enumerate(texts):
+            ids, values = hashed(text, self.bits)
+            pos = np.searchsorted(self.bucket_ids, ids).clip(0, max(0, len(self.bucket_ids) - 1))
+            known = self.bucket_ids[pos] == ids if len(self.bucket_ids) else np.zeros(len(ids), bool)
+            if known.any():
+                z[i] += values[known] @ self.bucket_w[pos[known]]
+        return np.asarray(z)
+
+    def calibrate(self, z: np.ndarray) -> np.ndarray:
+        """Softmax over the categories and `harmless` (the last column), then each category's
+        log-odds through its Platt calibration."""
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = np.clip(e / e.sum(axis=1, keepdims=True), 1e-9, 1 - 1e-9)[:, :-1]
+        return sigmoid(self.platt[:, 0] * np.log(p / (1 - p)) + self.platt[:, 1])
+
+    def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
+        """Calibrated probability per category for each text (normalised here); {} for empty text."""
+        normed = [normalise(t) for t in texts]
+        keep = [i for i, t in enumerate(normed) if re.search(r"\w", t)]
+        out: list[dict[str, float]] = [{} for _ in normed]
+        if keep:
+            probs = self.calibrate(self.logits([normed[i] for i in keep]))
+            for row, i in enumerate(keep):
+                out[i] = {c: round(float(p), 3) for c, p in zip(self.categories, probs[row], strict=True)}
+        return out
+
+    def score(self, text: str) -> dict[str, float]:
+        return self.score_many([text])[0]

@@ -1,0 +1,130 @@
+"""The lite analyzer's text classifier: its features, fitting it, the shipped weights, and the
+calibration figures. (Quality is measured by bench/eval_unseen.py on a set no fitting code reads.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moderation.analyzers.textclf import TextClassifier, grams, hashed, normalise
+from moderation.analyzers.textfit import Row, ece, fit, load_rows, save, split
+
+
+class Bag:
+    """A stand-in sentence encoder (the features test the n-gram half): a fixed random vector per word."""
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        out = np.zeros((len(sentences), 384), dtype=np.float32)
+        for i, s in enumerate(sentences):
+            for w in s.split():
+                out[i] += np.random.default_rng(abs(hash(w)) % (1 << 32)).normal(size=384).astype(np.float32)
+            out[i] /= max(1e-6, float(np.linalg.norm(out[i])))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("text", "feature"),
+    [
+        ("k i l l   y o u r s e l f", "w:kill"),  # letters spaced out
+        ("s3nd m0ney n0w", "w:send"),  # digits for letters
+        ("SELL  Cocaine", "b:sell cocaine"),  # case, spacing, word pairs
+        ("unaliving", "c:<unal"),  # pieces of words never seen whole
+        ("出 售 冰 毒", "h:冰毒"),  # CJK split by OCR's spaces
+        ("加我微信看福利", "h:微信看"),
+        ("tap here 🍑🍆", "e:🍆"),
+        ("claim at www.example-prize.top now", "x:url"),
+    ],
+)
+def test_features_see_through_spelling(text: str, feature: str) -> None:
+    assert feature in grams(normalise(text))
+
+
+def test_hashed_features_are_stable_and_normalised() -> None:
+    ids, values = hashed(normalise("the same words"), 20)
+    ids2, _ = hashed(normalise("The  SAME words"), 20)
+    assert (ids == ids2).all() and (ids < 1 << 20).all()
+    assert np.isclose(float(np.linalg.norm(values)), 1.0)
+
+
+def _toy() -> list[Row]:
+    rows = []
+    for i in range(40):
+        rows.append(Row(f"buy cheap pills{i} delivered tonight no prescription", frozenset({"drugs"})))
+        rows.append(Row(f"you worthless clown number {i} everyone laugh at him", frozenset({"harassment"})))
+        rows.append(Row(f"my cat number {i} sleeps on the sofa all day", frozenset()))
+        rows.append(Row(f"蛋糕 第{i}块 很好吃 周末 见", frozenset(), "zh"))
+    return rows
+
+
+def test_fit_save_load_score(tmp_path: Path) -> None:
+    rows = _toy()
+    rest, held = split(rows, 0.25)
+    assert len(held) == 40 and not {r.text for r in held} & {r.text for r in rest}
+    model = fit(rest, Bag(), ["drugs", "harassment"], bits=16, folds=3, maxiter=100)
+    path = tmp_path / "clf.npz"
+    save(model, path)
+    clf = TextClassifier(Bag(), path)
+    scores = clf.score_many(
+        [
+            "cheap pills delivered, no prescription needed",
+            "everyone laugh at this worthless clown",
+            "the cat sleeps",
+            "",
+        ]
+    )
+    assert scores[0]["drugs"] > 0.5 > scores[0]["harassment"]
+    assert scores[1]["harassment"] > 0.5 > scores[1]["drugs"]
+    assert max(scores[2].values()) < 0.5
+    assert scores[3] == {}  # nothing to read
+    assert len(clf.version) == 8  # the file's digest: the analyzer's version and cache key name it
+    # The held-out split is scored as well as the fitted one, and the probabilities are calibrated.
+    probs = np.array([[s["drugs"], s["harassment"]] for s in clf.score_many([r.text for r in held])])
+    truth = np.array([["drugs" in r.labels, "harassment" in r.labels] for r in held], dtype=float)
+    assert ((probs >= 0.5) == truth.astype(bool)).mean() > 0.95
+    assert ece(probs.ravel(), truth.ravel())[0] < 0.15
+
+
+def test_ece_of_perfect_and_wrong_forecasts() -> None:
+    y = np.array([0, 0, 1, 1], dtype=float)
+    assert ece(y.copy(), y)[0] == 0.0
+    assert ece(1 - y, y)[0] == pytest.approx(1.0)
+    e, points = ece(np.full(4, 0.5), y)
+    assert e == 0.0 and points == [(0.5, 0.5, 4)]
+
+
+def test_load_rows_reads_both_formats_and_refuses_unknown_labels(tmp_path: Path) -> None:
+    a = tmp_path / "a.jsonl"
+    a.write_text(
+        "\n".join(
+            json.dumps(x, ensure_ascii=False)
+            for x in [
+                {"text": "one", "labels": ["spam"]},
+                {"text": "two", "label": "benign"},
+                {"text": "ONE", "labels": []},  # the same text again: the first wins
+                {"text": "三", "labels": []},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    rows = load_rows([tmp_path], ["spam"])
+    assert [(r.text, set(r.labels), r.lang) for r in rows] == [
+        ("one", {"spam"}, "en"),
+        ("two", set(), "en"),
+        ("三", set(), "zh"),
+    ]
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "x", "labels": ["nonsense"]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="nonsense"):
+        load_rows([tmp_path], ["spam"])
+
+
+def test_shipped_weights_cover_the_taxonomy() -> None:
+    from moderation.policy import TAXONOMY
+
+    clf = TextClassifier()
+    assert set(clf.categories) == set(TAXONOMY)
+    assert clf.dense.shape == (384, len(clf.categories) + 1)
+    out = clf.score_many(["see you at the park on sunday", "来吃饭吧"])
+    assert all(0.0 <= p <= 1.0 for s in out for p in s.values()) and all(len(s) == len(TAXONOMY) for s in out)
