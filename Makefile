@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up up-postgres test lint services bench migrate clean
+.PHONY: up up-postgres test lint services bench eval migrate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,15 @@ migrate: $(BIN)/.installed
 bench: $(BIN)/.dev
 	bash .ci/services.sh
 	$(BIN)/python bench/pipeline.py
+
+## The evaluation set rendered into images (bench/render_texts.py) and measured through the policy's
+## cascade by `moderation eval` (OCR, rules, text classifier; add ENGINE=transformers for the VLM).
+ENGINE ?=
+eval: $(BIN)/.installed
+	@bash .ci/fonts.sh || echo "warning: the CJK font is missing; Chinese texts render as boxes"
+	$(BIN)/python bench/render_texts.py var/eval-set
+	$(BIN)/moderation eval var/eval-set --policy default $(if $(ENGINE),--engine $(ENGINE)) \
+		--report var/eval-report.md --json var/eval-report.json
 
 ## Fuzz suites (tests/fuzz), long profile: 2,000 examples per test, figures in var/fuzz-stats.jsonl
 ## (`make test` runs them at 50 examples each). FUZZ_SKIP_KNOWN=1 looks past the bugs in tests/fuzz/regressions.

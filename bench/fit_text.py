@@ -50,7 +50,7 @@ class Fitted(TextClassifier):
         self.categories, self.bits, self.emb_scale = model.categories, model.bits, model.emb_scale
         self.dense, self.bias, self.platt = model.dense, model.bias, model.platt
         self.bucket_ids = model.bucket_ids
-        self.bucket_w = model.bucket_w.astype(np.float16).astype(np.float32)  # as saved
+        self.bucket_w = model.bucket_w.astype(np.float16)  # as saved
         self.knn_ref = model.knn_ref.astype(np.float16).astype(np.float32)
         self.knn_labels, self.knn_w = model.knn_labels, model.knn_w
 

@@ -235,6 +235,11 @@ def map_detections(
     return scores, why
 
 
+def _judgeable(line: str) -> bool:
+    """A line with enough words to be judged on its own: four words, or eight CJK characters."""
+    return len(line.split()) >= 4 or len(re.findall(r"[\u3400-\u9fff]", line)) >= 8
+
+
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
 
@@ -371,8 +376,11 @@ class LiteAnalyzer(Analyzer):
         ocr_text = " ".join(t for t, _, _ in readable)
         text = normalise(f"{item.caption or ''} {ocr_text}")
         scores, why, unsure = self.lexicon.score(text)
-        # Each OCR line, the whole text and the caption: a long screenshot must not dilute a threat.
-        segments = [s for s in [item.caption or "", ocr_text, *(t for t, _, _ in readable[:16])] if s.strip()]
+        # The caption and the whole text read; in a long screenshot also each line long enough to
+        # judge on its own, so that one threat is not diluted by a page of chat. (Fragments such
+        # as "A PICTURE" are not judged alone: a classifier is overconfident on two words.)
+        own_lines = [t for t, _, _ in readable[:16] if _judgeable(t)] if len(ocr_text.split()) > 24 else []
+        segments = [s for s in [item.caption or "", ocr_text, *own_lines] if s.strip()]
         segments = list(dict.fromkeys(segments))
         if self.risk is not None:
             for segment, seg_scores in zip(

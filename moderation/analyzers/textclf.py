@@ -150,7 +150,7 @@ class TextClassifier:
         self.emb_scale = float(data["emb_scale"])
         self.dense = np.asarray(data["dense"], dtype=np.float32)  # (384, C + 1): the last is `harmless`
         self.bucket_ids = np.asarray(data["bucket_ids"], dtype=np.int64)  # sorted (K,)
-        self.bucket_w = np.asarray(data["bucket_w"], dtype=np.float32)  # (K, C + 1)
+        self.bucket_w = np.asarray(data["bucket_w"], dtype=np.float16)  # (K, C + 1); rows widened when read
         self.bias = np.asarray(data["bias"], dtype=np.float32)
         self.platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2): a, b
         # Nearest training texts: their embeddings and classes, and the weights of the features.
@@ -171,12 +171,13 @@ class TextClassifier:
             pos = np.searchsorted(self.bucket_ids, ids).clip(0, max(0, len(self.bucket_ids) - 1))
             known = self.bucket_ids[pos] == ids if len(self.bucket_ids) else np.zeros(len(ids), bool)
             if known.any():
-                z[i] += values[known] @ self.bucket_w[pos[known]]
+                z[i] += values[known] @ self.bucket_w[pos[known]].astype(np.float32)
         return np.asarray(z)
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
         """Softmax over the categories and `harmless` (the last column), then each category's
         log-odds through its Platt calibration."""
+        z = np.asarray(z, dtype=np.float64)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         p = np.clip(e / e.sum(axis=1, keepdims=True), 1e-9, 1 - 1e-9)[:, :-1]
         return sigmoid(self.platt[:, 0] * np.log(p / (1 - p)) + self.platt[:, 1])
