@@ -34,6 +34,7 @@ LEXICON = data_dir("policies") / "lite" / "lexicon.yaml"
 MIN_TEXT_SIDE = 8  # px: images (or strips) thinner than this are not read
 NUDITY = data_dir("policies") / "lite" / "nudity.yaml"
 TEXTCLF = data_dir("policies") / "lite" / "textclf.npz"
+SCORE_FLOOR = 0.05  # classifier probabilities below this are not reported (every review mark is above)
 
 
 def _digest(path: Path) -> str:
@@ -246,7 +247,7 @@ def normalise(text: str) -> str:
 
 class LiteAnalyzer(Analyzer):
     name = "lite"
-    version = f"lite-3.{_digest(LEXICON)}.{_digest(TEXTCLF)}"  # the shipped data; an instance names its own
+    version = "lite-3"  # an instance names its lexicon and classifier: lite-3.<lexicon>.<textclf>
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
@@ -292,8 +293,11 @@ class LiteAnalyzer(Analyzer):
                 from moderation.analyzers.textclf import TextClassifier
 
                 encoder = MiniLM()
-                self.risk = TextClassifier(encoder, data / "textclf.npz")
                 self.injection_like = InjectionSimilarity(encoder, data / "injection_exemplars.yaml")
+                weights = data / "textclf.npz"
+                # A policies folder from before the classifier has no weights: rules alone, and the
+                # version (and cache key) says "none", as identity() does.
+                self.risk = TextClassifier(encoder, weights) if weights.exists() else None
             except ImportError:
                 self.risk = None
         from rapidocr import RapidOCR
@@ -389,7 +393,9 @@ class LiteAnalyzer(Analyzer):
                 strict=True,
             ):
                 for c, p in seg_scores.items():
-                    if p > scores.get(c, 0.0):
+                    # Below the floor the classifier found nothing: no score (a finding without
+                    # scores is not held for a poor OCR read, as before the classifier).
+                    if p >= SCORE_FLOOR and p > scores.get(c, 0.0):
                         scores[c], why[c] = p, f"text classifier: {c} {p:.2f} for {segment[:80]!r}"
         injected = self.lexicon.injected(text)
         if injected is None and self.injection_like is not None:

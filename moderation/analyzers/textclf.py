@@ -39,7 +39,12 @@ _CJK_RUN = re.compile(f"[{_CJK}]+")
 _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
 _WORD = re.compile(f"[^\\W_{_CJK}]+(?:'[^\\W_{_CJK}]+)?")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
-_LEETY = re.compile(r"[a-z][a-z0-9@$!]*[0-9@$!][a-z0-9@$!]*|[0-9@$!]+[a-z][a-z0-9@$!]*")
+# A token of letters with digits or symbols for letters inside it ("s3x", "k!ll", "@ss"); a "!"
+# only between letters ("kill!" is an exclamation).
+_LEETY = re.compile(r"(?=[a-z0-9@$!]*[a-z])(?=[a-z0-9@$!]*[0-9@$])[a-z0-9@$]+|[a-z]+(?:![a-z]+)+")
+_SPACED = re.compile(r"(?<!\S)((?:[a-z] ){2,}[a-z])(?!\S)")
+MAX_CHARS = 4000  # features of a text's first 4,000 characters (a page of chat): bounded work per text
+MAX_TOKEN = 40  # longer "words" (hashes, base64, keyboard mashing) are not read as leetspeak
 
 
 class Encoder(Protocol):
@@ -55,10 +60,10 @@ def normalise(text: str) -> str:
 def grams(text: str) -> list[str]:
     """The n-gram features of one normalised text (each named by its kind)."""
     out: list[str] = []
-    text = _CJK_GAP.sub("", text)  # CJK split by spaces, as OCR often returns it, joined
+    text = _CJK_GAP.sub("", text[:MAX_CHARS])  # CJK split by spaces, as OCR often returns it, joined
     # Letters spaced out one by one ("k i l l y o u r s e l f") read as one word too.
-    spaced = re.sub(r"(?<!\S)((?:[a-z] ){2,}[a-z])(?!\S)", lambda m: m.group(1).replace(" ", ""), text)
-    leety = _LEETY.sub(lambda m: m.group(0).translate(_LEET), spaced)
+    spaced = _SPACED.sub(lambda m: m.group(1).replace(" ", ""), text)
+    leety = " ".join(_unleet(token) for token in spaced.split(" "))
     words = _WORD.findall(leety)
     out += (f"w:{w}" for w in words)
     out += (f"b:{a} {b}" for a, b in itertools.pairwise(words))
@@ -79,6 +84,12 @@ def grams(text: str) -> list[str]:
     if re.search(r"\d{3}[-. ]?\d{2,4}[-. ]?\d{4}", text):
         out.append("x:number")
     return out
+
+
+def _unleet(token: str) -> str:
+    if len(token) > MAX_TOKEN:
+        return token
+    return _LEETY.sub(lambda m: m.group(0).translate(_LEET), token)
 
 
 def hashed(text: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,9 +194,10 @@ class TextClassifier:
         return sigmoid(self.platt[:, 0] * np.log(p / (1 - p)) + self.platt[:, 1])
 
     def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
-        """Calibrated probability per category for each text (normalised here); {} for empty text."""
+        """Calibrated probability per category for each text (normalised here); {} for text with
+        nothing to read (no word, character or emoji feature)."""
         normed = [normalise(t) for t in texts]
-        keep = [i for i, t in enumerate(normed) if re.search(r"\w", t)]
+        keep = [i for i, t in enumerate(normed) if grams(t)]
         out: list[dict[str, float]] = [{} for _ in normed]
         if keep:
             probs = self.calibrate(self.logits([normed[i] for i in keep]))

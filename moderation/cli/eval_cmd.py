@@ -7,13 +7,16 @@ base model, an adapter, or both to compare) and prints.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -58,7 +61,15 @@ def evaluate_folder(
     if (adapter or compare) and not (engine or base.vlm):
         err.print("[red]--adapter and --compare need the VLM stage (--engine)[/]")
         raise typer.Exit(2)
-    variants: list[tuple[str, str | None]] = [("base" if adapter else "run", None)] if not adapter or compare else []
+    for target in (report, json_out):
+        if target is not None and not target.parent.is_dir():
+            err.print(f"[red]no folder {escape(str(target.parent))} for {escape(str(target))}[/]")
+            raise typer.Exit(2)
+    # Without --adapter a run measures what the deployment runs: its MODERATION_VLM_ADAPTER, if any.
+    deployed = base.vlm_adapter if (engine or base.vlm) else None
+    variants: list[tuple[str, str | None]] = (
+        [("base" if adapter else "run", None if adapter else deployed)] if not adapter or compare else []
+    )
     if adapter:
         variants.append((f"adapter {Path(adapter).name}", adapter))
     runs: list[tuple[str, dict[str, Any]]] = []
@@ -66,25 +77,27 @@ def evaluate_folder(
         s = base.model_copy(update={**update, "vlm_adapter": adapter_})
         policies = load_policies(s.policies_dir, s.features)
         if policy not in policies:
-            err.print(f"[red]no policy {policy!r} in {s.policies_dir}[/]")
+            err.print(f"[red]no policy {escape(repr(policy))} in {escape(str(s.policies_dir))}[/]")
             raise typer.Exit(2)
         pol = policies[policy]
         try:
             items = read_labelled(directory, list(pol.categories))
         except ModerationError as exc:
-            err.print(f"[red]{exc.message}[/]")
+            err.print(f"[red]{escape(exc.message)}[/]")
             raise typer.Exit(2) from exc
         items = items[:limit] if limit else items
         built: dict[str, Any] = {}
+        lock = threading.Lock()
 
-        def analyzer(stage: Stage, s: Any = s, built: dict[str, Any] = built) -> Any:
-            if stage.stage not in built:
-                assert stage.analyzer is not None
-                options = dict(stage.options)
-                if "settings" in inspect.signature(analyzer_class(stage.analyzer)).parameters:
-                    options["settings"] = s
-                built[stage.stage] = load_analyzer(stage.analyzer, options)
-            return built[stage.stage]
+        def analyzer(stage: Stage, s: Any = s, built: dict[str, Any] = built, lock: Any = lock) -> Any:
+            with lock:  # one model per stage, however many images are in flight
+                if stage.stage not in built:
+                    assert stage.analyzer is not None
+                    options = dict(stage.options)
+                    if "settings" in inspect.signature(analyzer_class(stage.analyzer)).parameters:
+                        options["settings"] = s
+                    built[stage.stage] = load_analyzer(stage.analyzer, options)
+                return built[stage.stage]
 
         n_jobs = jobs or (s.vlm_batch_max if s.vlm else 1)
         started = time.perf_counter()
@@ -98,6 +111,11 @@ def evaluate_folder(
 
             results = run(items, pol, analyzer, n_jobs, advance)
         runs.append((name, summarise(results, pol, time.perf_counter() - started)))
+        for a in built.values():  # free this run's models before the next variant loads its own
+            if hasattr(a, "close"):
+                a.close()
+        built.clear()
+        gc.collect()
     _print(runs)
     title = f"moderation eval: {directory} with policy {policy}"
     if report:

@@ -112,9 +112,15 @@ def markdown(title: str, runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
     lines = [f"# {title}", ""]
     for heading, header, rows in tables(runs):
         lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def _md(cell: str) -> str:
+    """A table cell: HTML escaped (Markdown renderers pass raw HTML through), pipes and line
+    breaks neutralised."""
+    return html.escape(cell, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def html_page(title: str, runs: Sequence[tuple[str, dict[str, Any]]]) -> str:

@@ -72,25 +72,34 @@ def read_labelled(folder: Path, categories: Sequence[str]) -> list[Labelled]:
     if not folder.is_dir():
         raise ModerationError("INVALID_REQUEST", f"{folder} is not a folder")
     index = folder / "labels.csv"
+    root = folder.resolve()
     items: list[Labelled] = []
     if index.exists():
-        with index.open(newline="", encoding="utf-8") as fh:
-            for n, row in enumerate(csv.DictReader(fh), 2):
-                if "file" not in row or row["file"] is None:
-                    raise ModerationError("INVALID_REQUEST", f"{index}: needs a `file` column")
-                path = (folder / row["file"]).resolve()
-                if folder.resolve() not in path.parents or not path.is_file():
-                    raise ModerationError("INVALID_REQUEST", f"{index}:{n}: no image {row['file']!r} in {folder}")
-                items.append(
-                    Labelled(path, _labels(row.get("labels") or "", categories, f"{index}:{n}"), row.get("lang") or "")
-                )
+        try:
+            with index.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's BOM
+                seen: set[Path] = set()
+                for n, row in enumerate(csv.DictReader(fh), 2):
+                    name = (row.get("file") or "").strip()
+                    if not name:
+                        raise ModerationError("INVALID_REQUEST", f"{index}:{n}: needs a `file` column and value")
+                    path = (folder / name).resolve()
+                    if root not in path.parents or not path.is_file():
+                        raise ModerationError("INVALID_REQUEST", f"{index}:{n}: no image {name!r} in {folder}")
+                    if path in seen:
+                        raise ModerationError("INVALID_REQUEST", f"{index}:{n}: {name!r} is listed twice")
+                    seen.add(path)
+                    labels = _labels(row.get("labels") or "", categories, f"{index}:{n}")
+                    items.append(Labelled(path, labels, (row.get("lang") or "").strip()))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ModerationError("INVALID_REQUEST", f"{index}: not a UTF-8 CSV file ({exc})") from exc
     else:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             labels = _labels(sub.name, categories, str(sub))
             items += [
-                Labelled(p, labels)
+                Labelled(p.resolve(), labels)
                 for p in sorted(sub.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                # inside the folder only: a symlinked sub-folder or file pointing out is not read
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and root in p.resolve().parents
             ]
     if not items:
         raise ModerationError("INVALID_REQUEST", f"{folder}: no labelled images (labels.csv, or one folder per label)")
@@ -137,6 +146,10 @@ def judge(item: Labelled, policy: Policy, analyzer: Callable[[Stage], Analyzer],
             finding = analyzer(stage).analyze(inp)
         except Exception as exc:  # fail closed, as the workers do
             finding = Finding(stage.stage, "error", stage.stage, error=f"{type(exc).__name__}: {exc}")
+        if not isinstance(finding, Finding):
+            finding = Finding(stage.stage, "error", stage.stage, error=f"analyzer returned {type(finding).__name__}")
+        elif finding.error is None and (problem := finding.problem()):  # NaN or out-of-range scores
+            finding = Finding(finding.analyzer, finding.version, stage.stage, error=f"malformed finding: {problem}")
         finding.stage = stage.stage
         ms[stage.stage] = (time.perf_counter() - started) * 1000
         found.append(finding)
@@ -184,16 +197,20 @@ def ece(pairs: Iterable[tuple[float, bool]], bins: int = 10) -> float:
 
 def summarise(results: Sequence[Result], policy: Policy, wall_s: float) -> dict[str, Any]:
     cats = list(policy.categories)
-    harmful = [r for r in results if r.item.labels]
-    harmless = [r for r in results if not r.item.labels]
+    # Images whose analysis failed (unreadable, an analyzer error: review in production, fail
+    # closed) are counted apart, not as caught harm or as harmless held: a broken model must not
+    # look like a careful one.
+    judged = [r for r in results if not r.error]
+    harmful = [r for r in judged if r.item.labels]
+    harmless = [r for r in judged if not r.item.labels]
     allowed_h = sum(r.action == "allow" for r in harmful)
     held_ok = sum(r.action != "allow" for r in harmless)
     per: dict[str, dict[str, Any]] = {}
     for c in cats:
         mark = policy.categories[c].review_at
-        tp = sum(1 for r in results if c in r.item.labels and r.scores.get(c, 0.0) >= mark)
-        fp = sum(1 for r in results if c not in r.item.labels and r.scores.get(c, 0.0) >= mark)
-        pos = sum(1 for r in results if c in r.item.labels)
+        tp = sum(1 for r in judged if c in r.item.labels and r.scores.get(c, 0.0) >= mark)
+        fp = sum(1 for r in judged if c not in r.item.labels and r.scores.get(c, 0.0) >= mark)
+        pos = sum(1 for r in judged if c in r.item.labels)
         p = tp / (tp + fp) if tp + fp else None
         rec = tp / pos if pos else None
         f1 = 2 * p * rec / (p + rec) if p is not None and rec is not None and p + rec > 0 else None
@@ -205,7 +222,7 @@ def summarise(results: Sequence[Result], policy: Policy, wall_s: float) -> dict[
             "recall_ci95": wilson(tp, pos) if pos else None,
             "f1": _r(f1),
             "review_at": mark,
-            "ece": ece((r.scores.get(c, 0.0), c in r.item.labels) for r in results),
+            "ece": ece((r.scores.get(c, 0.0), c in r.item.labels) for r in judged),
         }
     actions = sorted({r.action for r in results})
     confusion: dict[str, dict[str, int]] = {}

@@ -162,3 +162,21 @@ def test_without_the_nudity_extra_the_finding_says_so() -> None:
     lite = LiteAnalyzer(nudity=False, embeddings=False)
     f = run(lite, Image.new("RGB", (200, 200)))
     assert "nudity" not in f.covered and f.model is not None and f.model["nudity"] == "not installed"
+
+
+def test_a_policies_folder_without_classifier_weights_runs_on_the_rules(tmp_path) -> None:
+    import shutil
+
+    from moderation.analyzers.lite import LiteAnalyzer as Lite
+    from moderation.settings import Settings, data_dir
+
+    lite_dir = tmp_path / "lite"
+    shutil.copytree(
+        data_dir("policies") / "lite", lite_dir, ignore=shutil.ignore_patterns("textclf.npz", "train", "dev")
+    )
+    settings = Settings(lite_dir=lite_dir)
+    analyzer = Lite(nudity=False, settings=settings)
+    assert analyzer.risk is None and analyzer.version.endswith(".none")
+    assert Lite.identity({}, settings) == analyzer.version  # the cache key names what runs
+    f = run(analyzer, Image.new("RGB", (200, 100)), caption="i know where you live")
+    assert f.error is None and f.scores["harassment"] >= 0.9 and f.model["text_classifier"] == "unavailable"

@@ -128,3 +128,17 @@ def test_shipped_weights_cover_the_taxonomy() -> None:
     assert clf.dense.shape == (384, len(clf.categories) + 1)
     out = clf.score_many(["see you at the park on sunday", "来吃饭吧"])
     assert all(0.0 <= p <= 1.0 for s in out for p in s.values()) and all(len(s) == len(TAXONOMY) for s in out)
+
+
+def test_features_are_bounded_and_see_emoji_and_exclamations() -> None:
+    from moderation.analyzers.textclf import MAX_CHARS
+
+    # A caption of 10,000 characters (or one that NFKC expands, "㎉" -> "kcal") is read up to a
+    # page: the work per text is bounded.
+    for text in ("a" * 10_000, "㎉" * 10_000, "a1" * 5_000, "k i l l " * 2_000):
+        assert len(grams(normalise(text))) <= 6 * MAX_CHARS
+    assert "w:yourself" in grams(normalise("kill yourself!"))  # an exclamation is not leetspeak
+    assert "w:kill" in grams(normalise("k!ll"))  # a "!" between letters is
+    clf = TextClassifier()
+    assert clf.score("💊❄️🍃") != {}  # emoji alone are read (and scored)
+    assert clf.score("   ") == {} and clf.score("...") == {}

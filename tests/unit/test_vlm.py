@@ -698,3 +698,18 @@ def test_a_server_that_fails_on_one_item_charges_its_attempts() -> None:
         server.server_close()
     (down,) = OpenAIEngine(f"http://127.0.0.1:{server.server_address[1]}/v1", retries=1).generate([req], 4)
     assert isinstance(down, TransientAnalyzerError) and not down.charge_attempt
+
+
+def test_batcher_close_ends_its_thread_after_the_queued_work() -> None:
+    done: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        done.append(items)
+        return [i * 2 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, 4, 0.01)
+    futures = [batcher.submit(i) for i in range(3)]
+    batcher.close()
+    assert [f.result(timeout=5) for f in futures] == [0, 2, 4]
+    batcher._thread.join(timeout=5)
+    assert not batcher.alive

@@ -104,6 +104,10 @@ class VlmAnalyzer(Analyzer):
         # below the broker's visibility timeout, after which the message would be redelivered.
         self.timeout_s = min(3 * self.engine.max_call_s, 0.8 * s.analyze_time_limit_s) + s.vlm_batch_wait_ms / 1000
 
+    def close(self) -> None:
+        """Stop the micro-batcher (the model is freed with the analyzer)."""
+        self.batcher.close()
+
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
         """Engine, model and prompt version: a new checkpoint or prompt wording never reuses a

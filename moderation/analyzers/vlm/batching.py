@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("moderation.analyzers.vlm.batch")
 
@@ -38,6 +38,9 @@ class BatchRecord:
     keys: tuple[str, ...]
     wait_ms: float  # from the first item's arrival to the model call
     run_ms: float
+
+
+_STOP: Any = object()  # put by close(): the loop ends
 
 
 class MicroBatcher(Generic[T, R]):
@@ -81,8 +84,17 @@ class MicroBatcher(Generic[T, R]):
         with self._running_lock:
             return time.monotonic() - min(self._running.values()) if self._running else None
 
+    def close(self) -> None:
+        """Stop the loop once what is queued has been taken (its thread, and through it the
+        analyzer and its model, can then be freed)."""
+        self._closed = True
+        self._queue.put(_STOP)
+
     def _gather(self) -> list[tuple[T, Future[R], float]]:
-        batch = [self._held.popleft() if self._held else self._queue.get()]
+        first = self._held.popleft() if self._held else self._queue.get()
+        if first is _STOP:
+            return []
+        batch = [first]
         group = self._group(batch[0][0])
         for entry in list(self._held):  # held items of this group first: they are the oldest
             if len(batch) < self.max_batch and self._group(entry[0]) == group:
@@ -94,6 +106,9 @@ class MicroBatcher(Generic[T, R]):
             try:
                 entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
+                break
+            if entry is _STOP:
+                self._queue.put(entry)  # seen again once this batch is on its way
                 break
             (batch if self._group(entry[0]) == group else self._held).append(entry)
         return batch
@@ -107,6 +122,9 @@ class MicroBatcher(Generic[T, R]):
             # A slot first, then the batch: items stay cancellable while earlier batches run.
             self._slots.acquire()
             batch = self._gather()
+            if not batch and getattr(self, "_closed", False):
+                self._slots.release()
+                return
             # Items whose caller gave up (timed out and cancelled) are not run for nobody.
             batch = [b for b in batch if b[1].set_running_or_notify_cancel()]
             if not batch:
