@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,19 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from moderation.analyzers.base import AnalysisInput  # noqa: E402
 from moderation.analyzers.lite import LiteAnalyzer  # noqa: E402
+from moderation.pipeline.evaluation import wilson  # noqa: E402
 from moderation.policy import evaluate, load_policies  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "eval_unseen" / "texts.jsonl"
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (round(c - h, 3), round(c + h, 3))
 
 
 def main() -> None:
