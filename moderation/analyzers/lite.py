@@ -34,7 +34,7 @@ LEXICON = data_dir("policies") / "lite" / "lexicon.yaml"
 MIN_TEXT_SIDE = 8  # px: images (or strips) thinner than this are not read
 NUDITY = data_dir("policies") / "lite" / "nudity.yaml"
 TEXTCLF = data_dir("policies") / "lite" / "textclf.npz"
-SCORE_FLOOR = 0.05  # classifier probabilities below this are not reported (every review mark is above)
+SCORE_FLOOR = 0.05  # below this the text says nothing (every review mark of the default policy is above)
 
 
 def _digest(path: Path) -> str:
@@ -393,9 +393,7 @@ class LiteAnalyzer(Analyzer):
                 strict=True,
             ):
                 for c, p in seg_scores.items():
-                    # Below the floor the classifier found nothing: no score (a finding without
-                    # scores is not held for a poor OCR read, as before the classifier).
-                    if p >= SCORE_FLOOR and p > scores.get(c, 0.0):
+                    if p > scores.get(c, 0.0):
                         scores[c], why[c] = p, f"text classifier: {c} {p:.2f} for {segment[:80]!r}"
         injected = self.lexicon.injected(text)
         if injected is None and self.injection_like is not None:
@@ -415,8 +413,10 @@ class LiteAnalyzer(Analyzer):
         confidence = 0.9
         if unsure:
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
-        elif (readable and mean_ocr < 0.75) or not complete:
-            confidence = 0.55  # text read poorly, or part of the image could not be read
+        elif ((readable and mean_ocr < 0.75) or not complete) and any(v >= SCORE_FLOOR for v in scores.values()):
+            # Text read poorly, or part of the image could not be read, and what was read says
+            # something: a human reads it. (OCR noise on a photo that says nothing is not held.)
+            confidence = 0.55
         if self.nudity is not None:
             seen, nude_why = self.nudity.scores(item.image)
             for c, s in seen.items():
