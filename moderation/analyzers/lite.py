@@ -413,8 +413,8 @@ class LiteAnalyzer(Analyzer):
         confidence = 0.9
         if unsure:
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
-        elif ((readable and mean_ocr < 0.75) or not complete) and any(v >= SCORE_FLOOR for v in scores.values()):
-            # Text read poorly, or part of the image could not be read, and what was read says
+        elif not complete or (readable and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())):
+            # Part of the image could not be read, or text was read poorly and what was read says
             # something: a human reads it. (OCR noise on a photo that says nothing is not held.)
             confidence = 0.55
         if self.nudity is not None:
