@@ -51,7 +51,7 @@ class Fitted(TextClassifier):
         self.dense, self.bias, self.platt = model.dense, model.bias, model.platt
         self.bucket_ids = model.bucket_ids
         self.bucket_w = model.bucket_w.astype(np.float16)  # as saved
-        self.knn_ref = model.knn_ref.astype(np.float16).astype(np.float32)
+        self.knn_ref = np.round(model.knn_ref * 127).astype(np.int8).astype(np.float32) / 127.0  # as saved
         self.knn_labels, self.knn_w = model.knn_labels, model.knn_w
 
 

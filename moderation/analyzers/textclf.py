@@ -165,7 +165,7 @@ class TextClassifier:
         self.bias = np.asarray(data["bias"], dtype=np.float32)
         self.platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2): a, b
         # Nearest training texts: their embeddings and classes, and the weights of the features.
-        self.knn_ref = np.asarray(data["knn_ref"], dtype=np.float32)  # (N, 384)
+        self.knn_ref = np.asarray(data["knn_ref"], dtype=np.float32) / 127.0  # (N, 384), stored in int8
         self.knn_labels = np.asarray(data["knn_labels"], dtype=bool)  # (N, C + 1)
         self.knn_w = np.asarray(data["knn_w"], dtype=np.float32)  # (2 (C + 1), C + 1)
 
