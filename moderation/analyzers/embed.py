@@ -101,17 +101,18 @@ class MiniLM:
         self._last = threading.local()
 
     def encode(self, sentences: list[str]) -> np.ndarray:
-        """Embeddings of `sentences`. The last batch is remembered (per thread): the lite analyzer
-        asks for the same segments twice, for the risk scores and for the injection check."""
+        """Embeddings of `sentences`. The sentences of the last call are remembered (per thread):
+        the lite analyzer asks for the same segments twice, for the text classifier and for the
+        injection check (each reading a different subset), and each is encoded once."""
         if not sentences:
             return np.zeros((0, self.word.shape[1]), dtype=np.float32)
-        key = tuple(sentences)
-        last = getattr(self._last, "batch", None)
-        if last is not None and last[0] == key:
-            return np.asarray(last[1])
-        vectors = self._encode(sentences)
-        self._last.batch = (key, vectors)
-        return vectors
+        last: dict[str, np.ndarray] = getattr(self._last, "vectors", {})
+        missing = [s for s in dict.fromkeys(sentences) if s not in last]
+        known = {s: last[s] for s in sentences if s in last}
+        if missing:
+            known.update(zip(missing, self._encode(missing), strict=True))
+        self._last.vectors = known
+        return np.stack([known[s] for s in sentences]).astype(np.float32, copy=False)
 
     def _encode(self, sentences: list[str]) -> np.ndarray:
         enc = self.tokenizer.encode_batch(sentences)

@@ -135,8 +135,9 @@ def neighbours(
         cls = sims[:, labels[:, k]]
         if cls.shape[1] == 0:
             continue
-        top = -np.sort(-cls, axis=1)[:, :3]
-        out[:, 2 * k], out[:, 2 * k + 1] = top[:, 0], top.mean(axis=1)
+        n = min(3, cls.shape[1])
+        top = np.partition(cls, cls.shape[1] - n, axis=1)[:, -n:]  # the n largest, unordered
+        out[:, 2 * k], out[:, 2 * k + 1] = top.max(axis=1), top.mean(axis=1)
     out[~vectors.any(axis=1)] = 0.0  # text MiniLM cannot read has no neighbours
     return out
 
@@ -169,16 +170,18 @@ class TextClassifier:
         self.knn_labels = np.asarray(data["knn_labels"], dtype=bool)  # (N, C + 1)
         self.knn_w = np.asarray(data["knn_w"], dtype=np.float32)  # (2 (C + 1), C + 1)
 
-    def logits(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
-        """Raw softmax logits, (len(texts), C + 1), of normalised texts."""
+    def logits(
+        self, texts: Sequence[str], features: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
+    ) -> np.ndarray:
+        """Raw softmax logits, (len(texts), C + 1), of normalised texts (`features`: their
+        `hashed` n-grams, when the caller has them already)."""
         if not texts:
             return np.zeros((0, len(self.categories) + 1), dtype=np.float32)
-        if vectors is None:
-            vectors = embeddings(self.encoder, texts)
+        vectors = embeddings(self.encoder, texts)
         z = (vectors * self.emb_scale) @ self.dense + self.bias
         z += neighbours(vectors, self.knn_ref, self.knn_labels) @ self.knn_w
         for i, text in enumerate(texts):
-            ids, values = hashed(text, self.bits)
+            ids, values = features[i] if features is not None else hashed(text, self.bits)
             pos = np.searchsorted(self.bucket_ids, ids).clip(0, max(0, len(self.bucket_ids) - 1))
             known = self.bucket_ids[pos] == ids if len(self.bucket_ids) else np.zeros(len(ids), bool)
             if known.any():
@@ -197,10 +200,11 @@ class TextClassifier:
         """Calibrated probability per category for each text (normalised here); {} for text with
         nothing to read (no word, character or emoji feature)."""
         normed = [normalise(t) for t in texts]
-        keep = [i for i, t in enumerate(normed) if grams(t)]
+        features = [hashed(t, self.bits) for t in normed]
+        keep = [i for i, (ids, _) in enumerate(features) if len(ids)]
         out: list[dict[str, float]] = [{} for _ in normed]
         if keep:
-            probs = self.calibrate(self.logits([normed[i] for i in keep]))
+            probs = self.calibrate(self.logits([normed[i] for i in keep], [features[i] for i in keep]))
             for row, i in enumerate(keep):
                 out[i] = {c: round(float(p), 3) for c, p in zip(self.categories, probs[row], strict=True)}
         return out

@@ -142,3 +142,24 @@ def test_features_are_bounded_and_see_emoji_and_exclamations() -> None:
     clf = TextClassifier()
     assert clf.score("💊❄️🍃") != {}  # emoji alone are read (and scored)
     assert clf.score("   ") == {} and clf.score("...") == {}
+
+
+def test_minilm_encodes_each_segment_once_for_both_readers() -> None:
+    """The classifier and the injection check read different subsets of the same segments: each
+    sentence is encoded once, and a remembered one equals a fresh encoding."""
+    from moderation.analyzers.embed import MiniLM
+
+    model = MiniLM()
+    seen: list[list[str]] = []
+    encode = model._encode
+
+    def counting(sentences: list[str]) -> np.ndarray:
+        seen.append(list(sentences))
+        return encode(sentences)
+
+    model._encode = counting  # type: ignore[method-assign]
+    first = model.encode(["meet me outside", "you will regret it"])
+    second = model.encode(["you will regret it", "a new line"])
+    assert seen == [["meet me outside", "you will regret it"], ["a new line"]]
+    assert np.allclose(second[0], first[1])
+    assert np.allclose(second[1], encode(["a new line"])[0], atol=1e-5)
