@@ -163,3 +163,47 @@ def test_minilm_encodes_each_segment_once_for_both_readers() -> None:
     assert seen == [["meet me outside", "you will regret it"], ["a new line"]]
     assert np.allclose(second[0], first[1])
     assert np.allclose(second[1], encode(["a new line"])[0], atol=1e-5)
+
+
+NEIGHBOURS = [
+    # The issue's kinds of harm in other words than its examples (none of these is in any set).
+    ("held", "one more word out of you and I'll put you in the hospital"),
+    ("held", "say that again and see what happens to your face"),
+    ("held", "keep posting about me and you'll need a dentist"),
+    ("held", "if I see you at the game on friday you're not walking home"),
+    ("held", "everyone come look at this clown's haircut, drop your best roast below 😂"),
+    ("held", "rate how ugly @jenna_k is from 1 to 10, I'll start: 2"),
+    ("held", "再发一条我就让你躺着出去"),
+    ("held", "大家快来看这个丑八怪，评论区一起笑"),  # noqa: RUF001
+    # ...and harmless captions of the same shapes (pets, "one more ... and I ...").
+    ("allowed", "my cat knocked the plant over again, what a menace"),
+    ("allowed", "this dog has zero chill and I love him"),
+    ("allowed", "one more episode and I'm going to bed, I promise"),
+    ("allowed", "one more coffee and I'll be able to finish this report"),
+    ("allowed", "我家猫又把杯子推下桌了，气死我了哈哈"),  # noqa: RUF001
+    pytest.param(
+        "allowed",
+        "if you see my hamster escaping please tell him to come home",
+        marks=pytest.mark.xfail(strict=True, reason="harassment 0.20, at the review mark: a known false positive"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("expected", "text"), NEIGHBOURS)
+def test_neighbours_of_the_issues_examples(expected: str, text: str) -> None:
+    from moderation.policy import load_policy
+    from moderation.settings import data_dir
+
+    policy = load_policy(data_dir("policies") / "default.yaml")
+    scores = _shipped().score(text)
+    held = sorted(c for c, p in scores.items() if p >= policy.categories[c].review_at)
+    assert ("held" if held else "allowed") == expected, (held, scores)
+
+
+_CLF: list[TextClassifier] = []
+
+
+def _shipped() -> TextClassifier:
+    if not _CLF:
+        _CLF.append(TextClassifier())
+    return _CLF[0]
