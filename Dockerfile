@@ -1,14 +1,14 @@
 # One image for every app process (api, workers, beat, flower, migrate); docker-compose.yml picks the command.
 #
 #   docker build -t moderation .                          # core only (hash banks, policy engine, audit)
-#   docker build --build-arg EXTRAS="[lite]" -t moderation .   # with optional extras from pyproject.toml
+#   docker build --build-arg EXTRAS="[lite,s3]" -t moderation .   # with optional extras from pyproject.toml
 #
 # The package is installed in editable mode from /app, so that policies/ and migrations/ mounted or
 # edited under /app are the ones used (moderation.settings.data_dir finds them beside the package; a
 # plain `pip install .` would use the copies shipped inside the wheel instead).
 FROM python:3.11-slim
 
-ARG EXTRAS="[lite]"
+ARG EXTRAS="[lite,s3]"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

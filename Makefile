@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up up-postgres test lint services bench eval migrate clean
+.PHONY: up up-postgres test test-rabbitmq-s3 lint services bench eval migrate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ VLM_TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 $(BIN)/.dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -q $(VLM_TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,lite,nudenet,vlm]"
+	$(BIN)/python -m pip install -q -e ".[dev,lite,nudenet,vlm,s3]"
 	touch $@
 
 ## Run API (:8000), Celery worker, beat and Flower (:5555). No DATABASE_URL/REDIS_URL: SQLite + filesystem broker under var/.
@@ -43,6 +43,12 @@ test: $(BIN)/.dev
 	@bash .ci/chromium.sh || echo "warning: Debian's chromium is missing; the console's browser tests will fail"
 	@bash .ci/services.sh || echo "warning: could not start PostgreSQL/Redis; service tests will skip (or fail under MODERATION_REQUIRE_SERVICES=1)"
 	$(BIN)/python -m pytest
+
+## The integration suite on the other broker and blob store: RabbitMQ (a vhost of its own on the local
+## server) as Celery's broker, and every image in a local S3-protocol server (moto). CI runs both.
+test-rabbitmq-s3: $(BIN)/.dev
+	@bash .ci/services.sh || echo "warning: could not start PostgreSQL/Redis/RabbitMQ"
+	TEST_BROKER=rabbitmq TEST_BLOBS=s3 $(BIN)/python -m pytest tests/integration
 
 lint: $(BIN)/.dev
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@
 
     python bench/pipeline.py --policy default --duration 30 --concurrency 4 --rate 4 \
         --latency-duration 30 --worker-procs 2          # the lite cascade (OCR, text risk, nudity)
+    python bench/pipeline.py --blobs s3                 # blobs in a local S3-protocol server (moto)
 
 Phases (hash-only policy unless --policy, distinct 1080x1080 JPEGs of 150-250 KB):
   1. sustained: closed loop at `--concurrency` for `--duration` s: accepted/s and decided/s.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -346,6 +348,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8077)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument(
+        "--blobs",
+        choices=("file", "s3"),
+        default="file",
+        help="blob store: the filesystem, or a local S3-protocol server (moto, its CPU counted as `s3`)",
+    )
+    ap.add_argument(
         "--policy", default="hash-only", help="policy of phases 1-2: hash-only (default) or default (the lite cascade)"
     )
     args = ap.parse_args()
@@ -366,6 +374,15 @@ def main() -> None:
 
     fresh_database(args.database).close()
     redis.Redis.from_url(args.redis).flushdb()
+    logs = var / "logs"
+    logs.mkdir(exist_ok=True)
+    services = contextlib.ExitStack()
+    service_procs: dict[str, subprocess.Popen[bytes]] = {}
+    blob_env: dict[str, str] = {}
+    if args.blobs == "s3":
+        from devtools.s3server import s3_env, s3_server
+
+        blob_env = s3_env(services.enter_context(s3_server(logs / "s3.log", service_procs)), "moderation-bench")
 
     env = {
         **os.environ,
@@ -375,8 +392,9 @@ def main() -> None:
         "PYTHONPATH": str(REPO),
         "MODERATION_RECONCILE_INTERVAL_S": "30",
         "MODERATION_POLICIES_DIR": str(policies_dir(var)),
+        **blob_env,
     }
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "MODERATION_VAR_DIR")})
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "MODERATION_VAR_DIR", *blob_env)})
     from moderation.access.keys import create_key
     from moderation.db.engine import make_engine
     from moderation.db.migrate import upgrade
@@ -384,14 +402,15 @@ def main() -> None:
 
     settings = Settings()
     upgrade(settings)
+    from moderation.intake.blobs import open_blob_store
+
+    print("blobs:", "; ".join(open_blob_store(settings).init()))
     engine = make_engine(settings)
     with engine.begin() as conn:
         key = create_key(conn, "bench", ["submitter"])
 
     py = sys.executable
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    logs = var / "logs"
-    logs.mkdir(exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = dict(service_procs)
     procs["api"] = subprocess.Popen(
         [py, "-m", "moderation.cli", "api", "--port", str(args.port), "--workers", str(args.api_workers)],
         env=env,
@@ -518,6 +537,7 @@ def main() -> None:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        services.close()
     rss = {k: round(v, 1) for k, v in sampler.peak.items()}
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),

@@ -51,7 +51,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
         429,
         "Over a rate limit (per key, per address, or the tenant's high-priority quota): see Retry-After.",
     ),
-    "SERVICE_UNAVAILABLE": (503, "The database or broker is unreachable; retry with backoff."),
+    "SERVICE_UNAVAILABLE": (503, "The database, broker or blob store is unreachable; retry with backoff."),
     "INTERNAL": (500, "Unexpected server error (a bug: bad input never yields this)."),
 }
 

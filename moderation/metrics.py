@@ -21,6 +21,11 @@ OLDEST_CALLBACK = Gauge(
     "moderation_oldest_pending_callback_seconds", "Age of the oldest pending webhook delivery (receiver down)"
 )
 QUEUE_DEPTH = Gauge("moderation_queue_depth", "Messages waiting in each broker queue", ["queue"])
+QUEUE_OLDEST = Gauge(
+    "moderation_queue_oldest_seconds",
+    "Age of the oldest submission waiting for each queue's work (since its last progress): scale on it",
+    ["queue"],
+)
 RECENT_DECISIONS = Gauge(
     "moderation_decisions_recent", "Decisions in the last activity window (5 min), by action", ["action"]
 )

@@ -59,12 +59,27 @@ T_CALLBACK = "moderation.callback"
 T_AUDIT_CHECKPOINT = "moderation.audit_checkpoint"
 T_REVIEW_UPKEEP = "moderation.review_upkeep"
 
-# Redis transport: lower number = served first.
+# RabbitMQ: every queue is declared as a priority queue with this many levels (x-max-priority;
+# RabbitMQ advises few). A queue declared earlier without it must be deleted before switching:
+# RabbitMQ refuses to redeclare a queue with other arguments (PRECONDITION_FAILED).
+AMQP_MAX_PRIORITY = 9
+
+
+def is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def broker_priority(settings: Settings, priority: str | None) -> int:
+    """A submission priority as the broker orders it: Redis' priority steps serve the lowest
+    number first, RabbitMQ's priority queues the highest."""
+    p = Priority.of(priority)
+    return p.amqp if is_amqp(settings.celery_broker_url) else p.broker
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.celery_broker_url
     transport: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if settings.embedded_broker:
         folder = settings.broker_dir
         for sub in ("queue", "control", "processed"):
@@ -83,7 +98,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "priority_steps": sorted(p.broker for p in Priority),
             "queue_order_strategy": "priority",
         }
+    elif is_amqp(url):
+        # Durable queues, persistent messages (Celery's defaults) and publisher confirms: a publish
+        # returns once the broker has taken the message. No visibility timeout: an unacknowledged
+        # message comes back when its consumer's connection closes (a worker killed), and
+        # RabbitMQ's consumer_timeout (30 min by default) must stay above every task time limit.
+        transport = {"confirm_publish": True}
+        extra = {
+            "task_queue_max_priority": AMQP_MAX_PRIORITY,
+            "task_default_priority": Priority.NORMAL.amqp,
+        }
     return {
+        **extra,
         "broker_url": url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -130,12 +156,13 @@ class Publisher:
     committed and the reconciler re-enqueues it, so the client still gets its 202."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.app = Celery("moderation-producer", set_as_current=False)
         self.app.conf.update(celery_config(settings))
 
     def send(self, task: str, args: list[Any], queue: str, priority: str = "normal") -> bool:
         try:
-            self.app.send_task(task, args=args, queue=queue, priority=Priority.of(priority).broker)
+            self.app.send_task(task, args=args, queue=queue, priority=broker_priority(self.settings, priority))
         except Exception as exc:  # any broker fault (kombu passes some Redis errors through unwrapped)
             log.warning("publish of %s%s to %s failed (reconciler will retry): %s", task, args, queue, exc)
             return False

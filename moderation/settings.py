@@ -50,8 +50,17 @@ class Settings(BaseSettings):
     service_db_password: str | None = None
 
     var_dir: Path = Field(default_factory=default_var_dir)
+    # Where the originals live (moderation.intake.blobs): `file:///dir` on one host (or a shared
+    # POSIX filesystem), `s3://bucket/prefix` across hosts. Unset: blob_dir, else var_dir/blobs.
+    # S3 credentials come from the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a
+    # profile, an instance or pod role); s3_endpoint_url names a non-AWS server (MinIO, Ceph).
+    blob_url: str | None = None
     blob_dir: Path | None = None
     blob_fsync: bool = True
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_timeout_s: float = 10.0  # connect and read, per attempt
+    s3_max_attempts: int = 3  # botocore's standard retry mode, per call (then the task retries)
     policies_dir: Path = Field(default_factory=lambda: data_dir("policies"))
     migrations_dir: Path = Field(default_factory=lambda: data_dir("migrations"))
     # The lite analyzer's data: lexicon, exemplars, calibration, nudity mapping.
@@ -234,6 +243,8 @@ class Settings(BaseSettings):
         "audit_verify_key",
         "audit_checkpoint_dir",
         "vlm_adapter",
+        "blob_url",
+        "s3_endpoint_url",
         mode="before",
     )
     @classmethod
@@ -295,7 +306,12 @@ class Settings(BaseSettings):
 
     @property
     def blobs(self) -> Path:
+        """The blob directory of the default filesystem store."""
         return self.blob_dir or self.var_dir / "blobs"
+
+    @property
+    def blob_store_url(self) -> str:
+        return self.blob_url or self.blobs.resolve().as_uri()
 
 
 def _sqlalchemy_url(url: str) -> str:

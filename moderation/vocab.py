@@ -81,8 +81,13 @@ class Priority(StrEnum):
 
     @property
     def broker(self) -> int:
-        """The Celery message priority (lower runs first on Redis' priority steps)."""
+        """The Celery message priority on Redis (lower runs first on kombu's priority steps)."""
         return {"high": 0, "normal": 3, "low": 6}[self.value]
+
+    @property
+    def amqp(self) -> int:
+        """The message priority on RabbitMQ (priority queues: higher is delivered first)."""
+        return {"high": 9, "normal": 5, "low": 1}[self.value]
 
     @property
     def review_rank(self) -> int:

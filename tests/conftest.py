@@ -1,5 +1,9 @@
 """Shared fixtures: the real PostgreSQL and Redis of this machine, real Celery workers.
 
+The internal broker is Redis, or RabbitMQ with TEST_BROKER=rabbitmq (tests.support.broker); the
+blobs are on the filesystem, or on a local S3-protocol server with TEST_BLOBS=s3
+(tests.support.s3). Every process the suite starts gets the same choice through `service_env`.
+
 Fixtures only: the helpers they are built from, and that tests import, live in tests/support/.
 Service tests skip when PostgreSQL or Redis is unreachable, unless MODERATION_REQUIRE_SERVICES=1
 (see tests/support/services.py).
@@ -18,9 +22,12 @@ import pytest
 # Helpers in tests/support assert too: give their failures pytest's introspection.
 pytest.register_assert_rewrite("tests.support")
 
+from tests.support.broker import KIND as BROKER_KIND  # noqa: E402
+from tests.support.broker import Broker, rabbitmq_vhost  # noqa: E402
 from tests.support.images import picture  # noqa: E402
 from tests.support.paths import REPO  # noqa: E402
 from tests.support.processes import Proc, Procs  # noqa: E402
+from tests.support.s3 import BLOBS, s3_env, s3_server  # noqa: E402
 from tests.support.services import CACHE_URL, REDIS_URL, scratch_database, unavailable  # noqa: E402
 from tests.support.vlm import SCRIPTED_ANSWER  # noqa: E402
 
@@ -56,6 +63,57 @@ def redis_client() -> Any:
     yield client
     client.flushdb()
     cache.flushdb()
+
+
+@pytest.fixture(scope="session")
+def broker(redis_client: Any) -> Iterator[Broker]:
+    """The internal broker of this run: the test Redis database, or a RabbitMQ vhost of its own."""
+    if BROKER_KIND == "redis":
+        yield Broker(REDIS_URL, redis_client=redis_client)
+        return
+    try:
+        vhost = rabbitmq_vhost(f"moderation-test-{os.getpid()}")
+        url = vhost.__enter__()
+    except Exception as exc:
+        unavailable("RabbitMQ (rabbitmqctl)", exc)
+    try:
+        yield Broker(url, vhost=url.rsplit("/", 1)[1])
+    finally:
+        vhost.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local S3-protocol server (moto) for this run."""
+    try:
+        server = s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+        url = server.__enter__()
+    except Exception as exc:
+        unavailable("the local S3 server (moto_server)", exc)
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def blob_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The blob settings of this run: nothing (the filesystem under MODERATION_VAR_DIR), or a
+    fresh bucket on the local S3 server (made by `moderation blobs init`'s code)."""
+    if BLOBS == "file":
+        return {}
+    env = s3_env(request.getfixturevalue("s3_endpoint"), f"moderation-test-{os.getpid()}")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from moderation.intake.blobs import open_blob_store
+        from moderation.settings import Settings
+
+        open_blob_store(Settings()).init()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return env
 
 
 @pytest.fixture(autouse=True)
@@ -111,13 +169,20 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def service_env(
-    pg_url: str, redis_client: Any, policies_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    pg_url: str,
+    redis_client: Any,
+    broker: Broker,
+    blob_env: dict[str, str],
+    policies_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, str]]:
     """Environment for this process and every worker it starts; migrations applied once."""
     var = tmp_path_factory.mktemp("var")
     env = {
         "DATABASE_URL": pg_url,
         "REDIS_URL": REDIS_URL,
+        **({"MODERATION_BROKER_URL": broker.url} if broker.kind == "rabbitmq" else {}),
+        **blob_env,
         "MODERATION_CACHE_URL": CACHE_URL,
         "MODERATION_CACHE_KEY": "test-cache-mac-key",
         # The receivers' networks tenant admins may open through the API (the tests' receivers).

@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from moderation.cli import admin, audit_cmds, callbacks_cmds, client_cmds, eval_cmd, ingest_cmds, tenants_cmds
+from moderation.cli import (
+    admin,
+    audit_cmds,
+    blobs_cmds,
+    callbacks_cmds,
+    client_cmds,
+    eval_cmd,
+    ingest_cmds,
+    tenants_cmds,
+)
 from moderation.cli.common import err, redact, settings
 from moderation.cli.supervise import celery_worker_argv, run_until_stopped, supervise_gpu_workers, visible_gpus
 from moderation.queue import CALLBACK_POOL, CPU_QUEUES, Q_CALLBACKS, Q_GPU
@@ -23,6 +32,7 @@ audit_cmds.register(admin.audit_app)
 app.add_typer(admin.bank_app, name="bank")
 app.add_typer(callbacks_cmds.callbacks_app, name="callbacks")
 app.add_typer(ingest_cmds.ingest_app, name="ingest")
+app.add_typer(blobs_cmds.blobs_app, name="blobs")
 app.command()(client_cmds.submit)
 app.command()(client_cmds.scan)
 app.command(name="eval")(eval_cmd.evaluate_folder)

@@ -124,8 +124,8 @@ class Gateway:
     def handle_until_done(
         self, account_name: str | None, body: bytes, transport: str, signature: str | None = None
     ) -> Any:
-        """`handle`, retried with backoff (1 s doubling to 30 s) while the database or broker is
-        down. Returns None when asked to stop first: the caller then leaves the message
+        """`handle`, retried with backoff (1 s doubling to 30 s) while the database, broker or blob
+        store is down. Returns None when asked to stop first: the caller then leaves the message
         unacknowledged, and the broker gives it to the next gateway."""
 
         def attempt() -> Any:
@@ -133,7 +133,11 @@ class Gateway:
                 return self.handle(account_name, body, transport, signature)
             except TRANSIENT:
                 raise
-            except Exception as exc:  # not the database or the broker: retrying changes nothing
+            except ModerationError as exc:
+                if not exc.final:  # the blob store (or another service) is unreachable: retried
+                    raise
+                return self._refuse(account_name, body, exc)
+            except Exception as exc:  # not the database, broker or blob store: retrying changes nothing
                 return self._refuse(account_name, body, exc)
 
         outcome = self._until_done(attempt)

@@ -16,7 +16,7 @@ from moderation.analyzers.base import AnalysisInput, Finding
 from moderation.audit.events import analyzed_event
 from moderation.db.rows import SubmissionRow
 from moderation.db.tables import submissions
-from moderation.errors import FatalAnalyzerError, TransientAnalyzerError
+from moderation.errors import FatalAnalyzerError, ModerationError, TransientAnalyzerError
 from moderation.intake.images import ORIENTATIONS, decode_cost, sample_frames, to_rgb
 from moderation.pipeline.context import Context
 from moderation.pipeline.finalize import attempt_budget, dead_letter, finalize_many
@@ -131,7 +131,14 @@ def analysis_input(ctx: Context, sub: SubmissionRow, policy: Policy, isolate: bo
 def run_stage(ctx: Context, sub: SubmissionRow, policy: Policy, stage: Stage, isolate: bool = False) -> Finding:
     started = time.perf_counter()
     try:
-        item = analysis_input(ctx, sub, policy, isolate)
+        try:
+            item = analysis_input(ctx, sub, policy, isolate)
+        except ModerationError as exc:
+            if exc.final:
+                raise
+            # The blob store is unreachable: a fault outside the input, retried with backoff
+            # (the attempt given back), never an error finding that sends the item to people.
+            raise TransientAnalyzerError(exc.message) from exc
         finding = ctx.analyzer(stage).analyze(item)
     except (TransientAnalyzerError, FatalAnalyzerError):
         raise

@@ -16,7 +16,7 @@ from moderation.analyzers.base import Analyzer, analyzer_class, load_analyzer
 from moderation.banks import BankIndex
 from moderation.cache import VerdictCache, build_store
 from moderation.db.engine import make_engine
-from moderation.intake.blobs import BlobStore
+from moderation.intake.blobs import BlobStore, open_blob_store
 from moderation.intake.images import DecodeBudget, Limits, return_large_blocks_to_the_os
 from moderation.policy import Policy, Stage, load_policies
 from moderation.queue import IngestBatcher, Publisher
@@ -77,7 +77,7 @@ class Context:
         return cls(
             settings=settings,
             engine=engine,
-            blobs=BlobStore(settings.blobs, fsync=settings.blob_fsync),
+            blobs=open_blob_store(settings),
             publisher=publisher or Publisher(settings),
             policies=load_policies(settings.policies_dir, settings.features),
             banks=BankIndex(

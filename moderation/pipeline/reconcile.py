@@ -13,6 +13,7 @@ from moderation import callbacks
 from moderation.db.tables import as_utc, submissions, utcnow
 from moderation.pipeline.context import Context
 from moderation.pipeline.findings import stored_findings
+from moderation.pipeline.stats import next_queue
 from moderation.queue import Q_CALLBACKS, Q_DECIDE, Q_INGEST, T_CALLBACK
 from moderation.vocab import ACTIVE
 
@@ -71,10 +72,7 @@ def _reconcile_submissions(ctx: Context) -> dict[str, int]:
         return depth_of[queue]
 
     def waiting_in(r: Any) -> list[str]:
-        policy = ctx.policies.get(r.policy_id)
-        stages = {f.stage for f in done.get(r.id, [])}
-        nxt = next((st for st in (policy.analyzer_stages if policy else []) if st.stage not in stages), None)
-        return [Q_INGEST, nxt.queue if nxt else Q_DECIDE, Q_DECIDE]
+        return [Q_INGEST, next_queue(ctx, r.policy_id, {f.stage for f in done.get(r.id, [])}), Q_DECIDE]
 
     due = [r for r in stale if as_utc(r.updated_at) < hard_cutoff or all(depth(q) == 0 for q in set(waiting_in(r)))]
     if not due:

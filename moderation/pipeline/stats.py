@@ -1,4 +1,5 @@
-"""Operational counts over the pipeline's tables, for the Prometheus gauges of `/metrics`."""
+"""Operational counts over the pipeline's tables, for the Prometheus gauges of `/metrics`: among
+them the age of the oldest work waiting for each queue, the signal to autoscale workers on."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from moderation.db.tables import (
     submissions,
     utcnow,
 )
+from moderation.pipeline.context import Context
+from moderation.pipeline.findings import stored_findings
+from moderation.queue import Q_DECIDE, Q_INGEST
 from moderation.vocab import ACTIVE, CallbackStatus, ReviewStatus, SubmissionStatus
 
 #: Submission statuses counted by `moderation_submissions_active`.
@@ -125,3 +129,36 @@ def recent_activity(engine: Engine, window_s: float = 300.0, sample: int = 2000)
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return max(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 0.0)
+
+
+def next_queue(ctx: Context, policy_id: str, stages_done: set[str]) -> str:
+    """The queue whose work a submission past ingest waits for: its policy's first analyzer stage
+    without a finding, else `decide`."""
+    policy = ctx.policies.get(policy_id)
+    nxt = next((st for st in (policy.analyzer_stages if policy else []) if st.stage not in stages_done), None)
+    return nxt.queue if nxt else Q_DECIDE
+
+
+def queue_ages(ctx: Context, engine: Engine, sample: int = 500) -> dict[str, float]:
+    """Per queue, the age in seconds of the oldest submission waiting for that queue's work (time
+    since its last progress), over the `sample` least recently moved active submissions: received
+    or queued ones wait for `ingest`, analyzing ones for their next stage's queue or `decide`.
+    A queue none of them waits for is 0. Unlike a depth, this grows when workers fall behind even
+    if the queue is short (slow items), and it reads PostgreSQL, so it is the same on every broker."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(submissions.c.id, submissions.c.status, submissions.c.policy_id, submissions.c.updated_at)
+            .where(submissions.c.status.in_(ACTIVE))
+            .order_by(submissions.c.updated_at)
+            .limit(sample)
+        ).all()
+        analyzing = [r.id for r in rows if r.status == SubmissionStatus.ANALYZING]
+        done = stored_findings(conn, analyzing) if analyzing else {}
+    ages: dict[str, float] = {}
+    for r in rows:  # oldest first: the first one seen per queue is its oldest
+        if r.status == SubmissionStatus.ANALYZING:
+            queue = next_queue(ctx, r.policy_id, {f.stage for f in done.get(r.id, [])})
+        else:
+            queue = Q_INGEST
+        ages.setdefault(queue, _age_s(r.updated_at))
+    return ages

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from moderation.db.tables import submissions
 from moderation.pipeline.analyze import run_stage
+from tests.support.blobs import plant
 from tests.support.http import submit, wait_final
 from tests.support.images import picture
 
@@ -19,7 +20,7 @@ def test_a_swapped_blob_fails_the_stage_closed(client, keys, ctx, worker) -> Non
     wait_final(client, keys["submitter"], body["id"])
     with ctx.engine.connect() as conn:
         row = conn.execute(select(submissions).where(submissions.c.id == body["id"])).one()
-    ctx.blobs.path(row.sha256).write_bytes(picture(5302))  # a valid image, but not this one
+    plant(ctx.blobs, row.sha256, picture(5302))  # a valid image, but not this one
     policy = ctx.policies["test-cascade"]
     finding = run_stage(ctx, row, policy, policy.analyzer_stages[0])
     assert finding.error is not None and "BLOB_CORRUPT" in finding.error  # an error finding: review

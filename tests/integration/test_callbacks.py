@@ -122,7 +122,7 @@ def test_decision_is_posted_signed_and_retried(client, hooks, ctx, procs) -> Non
     assert len(receiver.calls) == 2
 
 
-def test_callback_message_lost_by_the_broker_is_still_delivered(client, hooks, ctx, procs, redis_client) -> None:
+def test_callback_message_lost_by_the_broker_is_still_delivered(client, hooks, ctx, procs, broker) -> None:
     receiver = Receiver(refuse=0)
     try:
         # The CPU worker never takes the callbacks queue: the decision is committed, its wake-up waits.
@@ -131,8 +131,8 @@ def test_callback_message_lost_by_the_broker_is_still_delivered(client, hooks, c
         sid = submit(client, hooks["submitter"], 809, receiver.url)
         wait_until(lambda: delivery_status(ctx, sid) == "decided", 60, what="decided")
         assert delivery(ctx, sid).status == "pending"
-        wait_until(lambda: queued(redis_client, Q_CALLBACKS) >= 1, 10, what="the callback message in Redis")
-        redis_client.flushdb()  # what a Redis restart without persistence does to the message
+        wait_until(lambda: broker.queued(Q_CALLBACKS) >= 1, 10, what="the callback message in the broker")
+        broker.lose_everything()  # what a Redis restart without persistence does to the message
         callbacks_worker(procs)
         procs.beat()
         wait_until(lambda: receiver.calls, 60, what="the reconciler re-published the lost callback")
@@ -141,12 +141,6 @@ def test_callback_message_lost_by_the_broker_is_still_delivered(client, hooks, c
     assert json.loads(receiver.calls[0][2])["id"] == sid
     row = wait_until(lambda: delivered(ctx, sid, "delivered"), 30, what="outbox row delivered")
     assert row.attempts == 1
-
-
-def queued(redis_client: Any, queue: str) -> int:
-    """Messages in `queue` over its priority lists (kombu keeps one Redis list per priority step)."""
-    keys = [k for k in redis_client.keys(f"{queue}*") if redis_client.type(k) == b"list"]
-    return sum(int(redis_client.llen(k)) for k in keys)
 
 
 def delivery_status(ctx: Any, sid: str) -> str:

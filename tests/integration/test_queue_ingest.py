@@ -314,6 +314,36 @@ def test_the_gateway_keeps_a_message_until_it_is_stored(ctx, monkeypatch) -> Non
     assert core.Gateway(ctx, stopped).handle_until_done("nobody", b"{}", "amqp") is None  # stop: left unacked
 
 
+def test_a_blob_store_outage_keeps_the_message(ctx, keys, monkeypatch) -> None:
+    """The blob store unreachable while a queue-side image is stored: retried until the store is
+    back (never rejected, never dead-lettered), then stored once."""
+    import threading
+
+    from moderation.gateway import core
+    from moderation.intake.s3blobs import S3BlobStore
+
+    with ctx.engine.begin() as conn:
+        account = create_account(conn, "acme", f"outage-{RUN}", "amqp")
+    real_store = ctx.blobs
+    down = S3BlobStore("unreachable", endpoint_url="http://127.0.0.1:9", timeout_s=0.5, max_attempts=1)
+    monkeypatch.setattr(ctx, "blobs", down)
+    stop = threading.Event()
+    gw = core.Gateway(ctx, stop)
+    body = QueueProducer.message(f"outage-{RUN}", picture(745), None, policy="hash-only")
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=gw.handle_until_done(account["account"], body, "amqp")))
+    worker.start()
+    time.sleep(2.5)  # a few attempts against the unreachable store
+    assert worker.is_alive() and not rejections(ctx, f"outage-{RUN}")
+    assert by_external(ctx, "acme", f"outage-{RUN}") is None  # nothing committed without its blob
+    monkeypatch.setattr(ctx, "blobs", real_store)  # the store is back
+    worker.join(60)
+    assert not worker.is_alive() and outcome["r"]["created"] is True, outcome
+    row = by_external(ctx, "acme", f"outage-{RUN}")
+    assert row is not None and real_store.get(row.sha256) == picture(745)
+    assert not rejections(ctx, f"outage-{RUN}")
+
+
 def test_a_message_no_gateway_finishes_is_dead_lettered(ctx, keys, procs, rabbit) -> None:
     """A poison message (one that kills or hangs every gateway that parses it) is delivered at
     most MODERATION_INGEST_MAX_DELIVERIES times, then recorded as given up: it never loops."""

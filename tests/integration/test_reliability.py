@@ -1,10 +1,12 @@
-"""Nothing accepted is lost: worker killed with -9, broker queue lost, poison inputs, Postgres restart."""
+"""Nothing accepted is lost: worker killed with -9, broker queue lost, broker restarted, poison inputs,
+Postgres restart. On Redis and on RabbitMQ alike (TEST_BROKER, tests.support.broker)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +15,6 @@ from sqlalchemy import func, select
 from moderation.db.tables import audit_events, dead_letters, decisions, findings, submissions
 from tests.support.http import auth
 from tests.support.images import picture
-from tests.support.services import ingest_messages
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.services
@@ -91,6 +92,35 @@ def test_worker_killed_with_sigkill_mid_run_loses_nothing(client, keys, ctx, pro
     chain_ok(client, keys)
 
 
+def test_broker_restart_mid_run_loses_nothing(client, keys, ctx, procs, broker) -> None:
+    """The broker server stops and starts while items are queued and in flight. RabbitMQ keeps
+    its durable queues and persistent messages, and redelivers what was unacknowledged when the
+    connections dropped; Redis (no persistence here) comes back empty, and the reconciler
+    re-enqueues from PostgreSQL. Either way: every item decided exactly once, the chain intact."""
+    ids = [post(client, keys["submitter"], 1100 + i, policy="test-cascade", caption="sleep=0.3") for i in range(30)]
+    worker = procs.worker(concurrency=2)
+    beat = procs.beat()
+    wait_until(lambda: analyzed(ctx, ids) >= 3, 120, what="some analyzed")
+    assert analyzed(ctx, ids) < len(ids), "the run ended before the restart: nothing was in flight"
+    broker.restart()
+    time.sleep(5)
+    if broker.kind == "redis":
+        # A Celery worker may exit when Redis restarts under it (kombu 5.7 with redis-py 8.1,
+        # docs/RELIABILITY.md); its supervisor (`moderation up`, compose, Kubernetes) starts it
+        # again, which is what happens here.
+        if worker.p.poll() is not None:
+            procs.worker(concurrency=2)
+        if beat.p.poll() is not None:
+            procs.beat()
+    else:  # RabbitMQ's clients reconnect by themselves
+        assert worker.p.poll() is None and beat.p.poll() is None, "a process died with the RabbitMQ restart"
+    # Submissions keep being accepted once the broker is back (the API's publisher reconnects).
+    ids += [post(client, keys["submitter"], 1150 + i, policy="test-cascade", caption="sleep=0.1") for i in range(5)]
+    wait_until(lambda: all_final(ctx, ids), 240, what="all decided after the broker restart")
+    assert_exactly_one_automated_decision(ctx, ids)
+    chain_ok(client, keys)
+
+
 def test_decisions_do_not_wait_for_the_analyzer_backlog(client, keys, ctx, procs) -> None:
     """A worker takes finishing work (decide) before new analyzer work: the first items are decided
     while later ones still wait for their analysis, not all at once when the backlog has drained."""
@@ -108,16 +138,16 @@ def test_decisions_do_not_wait_for_the_analyzer_backlog(client, keys, ctx, procs
     assert first_decided < last_analyzed
 
 
-def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, redis_client) -> None:
+def test_broker_losing_its_queue_loses_nothing(client, keys, ctx, procs, broker) -> None:
     ids = [post(client, keys["submitter"], 2000 + i, policy="hash-only") for i in range(30)]
 
     def all_published() -> bool:
-        return set(ids) <= {sid for message in ingest_messages(redis_client) for sid in message}
+        return set(ids) <= {sid for message in broker.ingest_messages() for sid in message}
 
     # The API groups ids into few messages: wait until the last group has gone out too.
-    wait_until(all_published, 30, what="every id in an ingest message in Redis")
-    redis_client.flushdb()  # what a Redis restart without persistence does to our queues
-    assert not redis_client.keys("ingest*")
+    wait_until(all_published, 30, what="every id in an ingest message in the broker")
+    broker.lose_everything()  # what a Redis restart without persistence does to our queues
+    assert broker.queued("ingest") == 0
     assert set(statuses(ctx, ids).values()) == {"queued"}
     worker = procs.worker()
     procs.beat()

@@ -39,26 +39,21 @@ VLM_NODE = "cpu-vlm@%h"
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_gpu_messages(redis_client: Any) -> Any:
+def _no_leftover_gpu_messages(broker: Any) -> Any:
     """A stopped VLM worker puts its unfinished messages back on analyze.gpu: drop them, so the
     next test (or module) starts from empty queues."""
     yield
-    for key in list(redis_client.scan_iter(match="analyze.gpu*")):
-        redis_client.delete(key)
+    broker.drop("analyze.gpu")
 
 
-def queued_on_gpu(redis_client: Any) -> int:
-    return sum(int(redis_client.llen(k)) for k in redis_client.scan_iter(match="analyze.gpu*"))
-
-
-def submit_and_queue(client: Any, keys: dict[str, str], ctx: Any, redis_client: Any, seeds: range) -> list[str]:
+def submit_and_queue(client: Any, keys: dict[str, str], ctx: Any, broker: Any, seeds: range) -> list[str]:
     """Submit images under the test-vlm policy and wait until all sit on the GPU queue."""
     ids = [submit(client, keys["submitter"], picture(s), policy="test-vlm", caption=f"post {s}")["id"] for s in seeds]
 
     def routed() -> bool:
         with ctx.engine.connect() as conn:
             rows = conn.execute(select(findings.c.submission_id).where(findings.c.submission_id.in_(ids))).all()
-        return len({r.submission_id for r in rows}) == len(ids) and queued_on_gpu(redis_client) >= len(ids)
+        return len({r.submission_id for r in rows}) == len(ids) and broker.queued("analyze.gpu") >= len(ids)
 
     wait_until(routed, 60, what="all items routed to analyze.gpu")
     return ids
@@ -112,12 +107,10 @@ def openai_server(procs: Any, tiny_vlm: dict[str, Path]) -> str:
 
 
 @pytest.mark.parametrize("engine", ["transformers", "openai"])
-def test_vlm_batches_concurrent_items_and_decides(
-    engine, client, keys, ctx, procs, redis_client, tiny_vlm, request
-) -> None:
+def test_vlm_batches_concurrent_items_and_decides(engine, client, keys, ctx, procs, broker, tiny_vlm, request) -> None:
     procs.worker(**VLM_ENV)  # ingest + decide, routing to analyze.gpu
     seeds = range(700, 706) if engine == "transformers" else range(720, 726)
-    ids = submit_and_queue(client, keys, ctx, redis_client, seeds)
+    ids = submit_and_queue(client, keys, ctx, broker, seeds)
     env = {"MODERATION_VLM_MODEL": str(tiny_vlm["scripted"])}
     if engine == "openai":
         env |= {"MODERATION_VLM_ENGINE": "openai", "MODERATION_VLM_BASE_URL": request.getfixturevalue("openai_server")}
@@ -160,9 +153,9 @@ def test_vlm_batches_concurrent_items_and_decides(
     assert client.get("/v1/audit/verify", headers=auth(keys["auditor"])).json()["ok"] is True
 
 
-def test_malformed_model_output_goes_to_review_never_allow(client, keys, ctx, procs, redis_client, tiny_vlm) -> None:
+def test_malformed_model_output_goes_to_review_never_allow(client, keys, ctx, procs, broker, tiny_vlm) -> None:
     procs.worker(**VLM_ENV)
-    ids = submit_and_queue(client, keys, ctx, redis_client, range(740, 743))
+    ids = submit_and_queue(client, keys, ctx, broker, range(740, 743))
     start_vlm_worker(procs, MODERATION_VLM_MODEL=str(tiny_vlm["random"]))
     for sid in ids:
         final = wait_final(client, keys["submitter"], sid, timeout=120)
@@ -173,10 +166,10 @@ def test_malformed_model_output_goes_to_review_never_allow(client, keys, ctx, pr
         assert f["error"].startswith("unparseable model output")
 
 
-def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, redis_client, tiny_vlm) -> None:
+def test_vlm_server_down_is_retried_not_decided(client, keys, ctx, procs, broker, tiny_vlm) -> None:
     """The openai engine with no server: a transient fault, retried; nothing is decided on it."""
     procs.worker(**VLM_ENV)
-    ids = submit_and_queue(client, keys, ctx, redis_client, range(760, 762))
+    ids = submit_and_queue(client, keys, ctx, broker, range(760, 762))
     dead = f"http://127.0.0.1:{free_port()}/v1"
     gpu = procs.command(
         "vlm-worker",

@@ -26,9 +26,11 @@ COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-REQUIRED = ("postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu-0", "vllm", "beat", "flower")
+REQUIRED = ("postgres", "redis", "minio", "migrate", "api", "worker-cpu", "worker-gpu-0", "vllm", "beat", "flower")
 APP_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu-0", "beat", "flower")
 WORKERS = ("worker-cpu", "worker-gpu-0")
+# The services that read or write blobs (docs/DEPLOY.md, "Which process talks to what").
+BLOB_USERS = ("migrate", "api", "worker-cpu", "worker-callbacks", "worker-gpu-0", "gateway")
 QUEUE_NAMES = {value for name, value in vars(queue).items() if name.startswith("Q_")}
 
 
@@ -50,9 +52,19 @@ def argv(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
-def moderation_commands(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """Service name -> the arguments after `moderation`, for every service that runs the CLI."""
-    return {name: argv(svc)[1:] for name, svc in services.items() if argv(svc)[:1] == ["moderation"]}
+def invocations(service: dict[str, Any]) -> list[list[str]]:
+    """The commands a service runs: its argv, or each step of a `sh -c "a && b"` script."""
+    args = argv(service)
+    if args[:2] == ["sh", "-c"] and len(args) == 3:
+        return [shlex.split(step) for step in args[2].split("&&")]
+    return [args]
+
+
+def moderation_commands(services: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(service name, the arguments after `moderation`) for every CLI invocation of every service."""
+    return [
+        (name, args[1:]) for name, svc in services.items() for args in invocations(svc) if args[:1] == ["moderation"]
+    ]
 
 
 def option(args: list[str], *names: str) -> str | None:
@@ -123,6 +135,7 @@ def test_env_names_are_the_ones_settings_reads(services):
                 assert var[len("MODERATION_") :].lower() in fields, f"{name}: Settings has no field for {var}"
             else:
                 known = {"PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HUB_OFFLINE"}
+                known |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # boto3's credential chain (S3 blobs)
                 assert var in known, f"{name}: unexpected variable {var}"
 
 
@@ -148,9 +161,11 @@ def test_redis_keeps_the_queue(services):
 
 def test_migrate_is_one_shot_and_gates_the_app(services):
     migrate = services["migrate"]
-    assert argv(migrate) == ["moderation", "migrate"]
+    # The schema first, then the bucket (`blobs init` creates it and checks write, read, delete).
+    assert invocations(migrate) == [["moderation", "migrate"], ["moderation", "blobs", "init"]]
     assert migrate["restart"] == "no"
     assert depends(migrate).get("postgres") == "service_healthy"
+    assert depends(migrate).get("minio") == "service_healthy"
     for name in ("api", "beat", *WORKERS):
         deps = depends(services[name])
         assert deps.get("migrate") == "service_completed_successfully", name
@@ -175,7 +190,7 @@ def test_workers_and_queues(services):
     cpu_queues = option(cpu, "-Q", "--queues")
     assert cpu_queues
     assert cpu_queues.split(",") == list(queue.CPU_QUEUES)  # the order is the consumption order
-    for name, args in moderation_commands(services).items():
+    for name, args in moderation_commands(services):
         queues = option(args, "-Q", "--queues")
         for q in (queues or "").split(","):
             assert not q or q in QUEUE_NAMES, f"{name} consumes {q!r}, not a queue in moderation/queue.py"
@@ -225,19 +240,47 @@ def test_flower_has_basic_auth(services):
     assert any(str(p).split(":")[-1] == "5555" for p in services["flower"]["ports"])
 
 
-def test_api_and_workers_share_the_blob_volume(compose, services):
-    var_dir = services["api"]["environment"]["MODERATION_VAR_DIR"]
-    volume = mounts(services["api"]).get(var_dir)
-    assert volume and volume in compose["volumes"], "api needs a named volume at MODERATION_VAR_DIR"
-    for name in ("beat", *WORKERS):
-        assert services[name]["environment"]["MODERATION_VAR_DIR"] == var_dir, name
-        assert mounts(services[name]).get(var_dir) == volume, f"{name} must mount the same blob volume as api"
+def test_app_services_share_one_s3_blob_store(compose, services):
+    """Blobs live in MinIO over S3, as across hosts: every app service gets the same bucket, endpoint and
+    credentials (one anchor), and no volume is shared for them any more."""
+    app = [name for name, svc in services.items() if svc.get("build", {}).get("context") == "."]
+    assert set(APP_SERVICES) <= set(app)
+    blob_url = services["api"]["environment"]["MODERATION_BLOB_URL"]
+    assert blob_url.startswith("s3://") and blob_url.split("/")[2], blob_url
+    endpoint = services["api"]["environment"]["MODERATION_S3_ENDPOINT_URL"]
+    assert endpoint == "http://minio:9000"
+    for name in app:
+        env = services[name]["environment"]
+        assert env["MODERATION_BLOB_URL"] == blob_url, name
+        assert env["MODERATION_S3_ENDPOINT_URL"] == endpoint, name
+        # The app logs in with the credentials MinIO is started with, and neither has a default.
+        assert env["AWS_ACCESS_KEY_ID"].startswith("${MINIO_ROOT_USER:?"), name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?"), name
+        # boto3 is the `s3` extra: every image that runs the app needs it.
+        assert "s3" in re.findall(r"\w+", services[name]["build"]["args"]["EXTRAS"]), name
+        assert "blobs" not in mounts(services[name]).values(), f"{name} still mounts the old blob volume"
+    assert "blobs" not in (compose.get("volumes") or {})
+    for name in BLOB_USERS:
+        assert depends(services[name]).get("minio") == "service_healthy", f"{name} uses blobs: it waits for minio"
+
+
+def test_minio(compose, services):
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio")
+    assert argv(minio) == ["server", "/data"]
+    env = minio["environment"]
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert re.fullmatch(r"\$\{" + var + r":\?[^}]*\}", env[var]), f"{var} must have no default: {env[var]}"
+    volume = mounts(minio).get("/data")
+    assert volume and volume in compose["volumes"], "minio needs a named volume at /data"
+    assert "mc" in minio["healthcheck"]["test"] and "ready" in minio["healthcheck"]["test"]
+    assert "ports" not in minio, "the blob store is reached on the compose network only"
 
 
 def test_moderation_commands_exist(services):
     """Each subcommand's --help runs in a fresh interpreter (what the container's `moderation X` does)."""
-    subcommands = {args[0] for args in moderation_commands(services).values()}
-    assert {"migrate", "api", "worker", "beat"} <= subcommands
+    subcommands = {args[0] for _, args in moderation_commands(services)}
+    assert {"migrate", "api", "worker", "beat", "blobs"} <= subcommands
     for sub in sorted(subcommands):
         proc = subprocess.run(
             [sys.executable, "-m", "moderation.cli", sub, "--help"], capture_output=True, text=True, timeout=60
@@ -246,15 +289,22 @@ def test_moderation_commands_exist(services):
 
 
 def test_moderation_commands_parse(services):
-    """The full argument list of each command parses (unknown options and bad values fail), without running."""
-    group = typer.main.get_command(cli_app)
-    for name, args in moderation_commands(services).items():
-        root = group.make_context("moderation", list(args))
-        command = group.get_command(root, args[0])  # type: ignore[attr-defined]
-        assert command is not None, f"{name}: no subcommand {args[0]!r}"
+    """The full argument list of each command parses (unknown subcommands and options, bad values fail),
+    subcommand groups (`blobs init`) included, without running."""
+    for name, args in moderation_commands(services):
+        command = typer.main.get_command(cli_app)
+        ctx = command.make_context("moderation", list(args))
+        rest = list(args)
         try:
-            command.make_context(args[0], list(args[1:]), parent=root)
+            while hasattr(command, "get_command"):  # a group: the next word names its subcommand
+                assert rest, f"{name}: `{ctx.command_path}` needs a subcommand"
+                sub = command.get_command(ctx, rest[0])
+                assert sub is not None, f"{name}: `{ctx.command_path}` has no subcommand {rest[0]!r}"
+                ctx = sub.make_context(rest[0], list(rest[1:]), parent=ctx)
+                command, rest = sub, rest[1:]
         except Exception as exc:  # typer >= 0.2x vendors click, so its exception classes vary by version
+            if isinstance(exc, AssertionError):
+                raise
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             pytest.fail(f"{name}: `moderation {shlex.join(args)}` does not parse: {message}")
 
@@ -263,8 +313,9 @@ def test_dockerfile():
     text = DOCKERFILE.read_text()
     lines = [line.strip() for line in text.replace("\\\n", " ").splitlines() if not line.strip().startswith("#")]
     assert [line for line in lines if line.startswith("FROM ")] == ["FROM python:3.11-slim"]
-    # The image carries the CPU analyzers by default (the default policy's lite stage needs them).
-    assert 'ARG EXTRAS="[lite]"' in lines, "build ARG EXTRAS defaulting to the [lite] extra"
+    # The image carries the CPU analyzers by default (the default policy's lite stage needs them),
+    # and the S3 client (the `s3` extra) that the blob store needs across hosts and in compose.
+    assert 'ARG EXTRAS="[lite,s3]"' in lines, "build ARG EXTRAS defaulting to the [lite,s3] extras"
     assert "WORKDIR /app" in lines
     pip = [line for line in lines if "pip install" in line]
     assert len(pip) == 1, pip

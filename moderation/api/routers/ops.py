@@ -23,7 +23,7 @@ from moderation.db.engine import ping
 from moderation.db.tables import utcnow
 from moderation.errors import ModerationError
 from moderation.pipeline.progress import last_progress
-from moderation.pipeline.stats import pipeline_stats, recent_activity
+from moderation.pipeline.stats import pipeline_stats, queue_ages, recent_activity
 from moderation.queue import Q_CALLBACKS, Q_CPU, Q_DECIDE, Q_GPU, Q_INGEST, Q_MAINT
 from moderation.review.listing import backlog as review_backlog
 
@@ -70,8 +70,13 @@ def _readiness(ctx: Ctx) -> tuple[dict[str, str], bool]:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
+    try:
+        ctx.blobs.ping()
+        checks["blobs"] = "ok"
+    except Exception as exc:
+        checks["blobs"] = f"unavailable: {type(exc).__name__}"
     checks["policies"] = ", ".join(sorted(ctx.policies))
-    ok = checks["database"] == "ok" and checks["broker"] == "ok"
+    ok = all(checks[k] == "ok" for k in ("database", "broker", "blobs"))
     if checks["database"] == "ok":
         checks["workers"] = _progress_check(ctx)
         ok = ok and not checks["workers"].startswith("stalled")
@@ -147,3 +152,11 @@ def _refresh_gauges(ctx: Ctx) -> None:
         depth = ctx.publisher.queue_depth(queue)
         if depth is not None:
             metrics.QUEUE_DEPTH.labels(queue).set(depth)
+    try:
+        ages = queue_ages(ctx, ctx.engine, ctx.settings.reconcile_batch)
+    except Exception as exc:
+        log.warning("queue age gauges not refreshed: %s", exc)
+    else:
+        for queue in ALL_QUEUES:
+            if queue != Q_CALLBACKS:  # deliveries have their own gauge (oldest pending callback)
+                metrics.QUEUE_OLDEST.labels(queue).set(ages.get(queue, 0.0))
