@@ -63,6 +63,7 @@ T_REVIEW_UPKEEP = "moderation.review_upkeep"
 # RabbitMQ advises few). A queue declared earlier without it must be deleted before switching:
 # RabbitMQ refuses to redeclare a queue with other arguments (PRECONDITION_FAILED).
 AMQP_MAX_PRIORITY = 9
+PUBLISH_TIMEOUT_S = 2.0
 
 
 def is_amqp(url: str) -> bool:
@@ -157,12 +158,25 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.amqp = is_amqp(settings.celery_broker_url)
         self.app = Celery("moderation-producer", set_as_current=False)
-        self.app.conf.update(celery_config(settings))
+        conf = celery_config(settings)
+        if self.amqp:
+            # A blocked connection (RabbitMQ stops reading from publishers in a memory or disk
+            # alarm) answers nothing, not even the channel close after a confirm timed out: the
+            # producer's socket reads and writes give up too. Producers only (workers consume on
+            # their own connection, whose waits are the event loop's).
+            bounded = {"read_timeout": PUBLISH_TIMEOUT_S, "write_timeout": PUBLISH_TIMEOUT_S}
+            conf["broker_transport_options"] = {**conf["broker_transport_options"], **bounded}
+        self.app.conf.update(conf)
 
     def send(self, task: str, args: list[Any], queue: str, priority: str = "normal") -> bool:
+        # RabbitMQ's publisher confirm is awaited for at most PUBLISH_TIMEOUT_S: a broker that
+        # blocks publishers (a memory or disk alarm) or a half-open link must not hold a request
+        # or a task; the row is committed, the reconciler publishes it later.
+        bound = {"timeout": PUBLISH_TIMEOUT_S, "confirm_timeout": PUBLISH_TIMEOUT_S} if self.amqp else {}
         try:
-            self.app.send_task(task, args=args, queue=queue, priority=broker_priority(self.settings, priority))
+            self.app.send_task(task, args=args, queue=queue, priority=broker_priority(self.settings, priority), **bound)
         except Exception as exc:  # any broker fault (kombu passes some Redis errors through unwrapped)
             log.warning("publish of %s%s to %s failed (reconciler will retry): %s", task, args, queue, exc)
             return False

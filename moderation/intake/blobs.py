@@ -91,9 +91,10 @@ def verified(sha256: str, data: bytes) -> bytes:
     return data
 
 
-def unavailable(store: str, exc: BaseException) -> ModerationError:
-    """The transient fault of a store that cannot be reached (503 at the API, retried by workers)."""
-    return ModerationError("SERVICE_UNAVAILABLE", f"The blob store ({store}) is unreachable: {type(exc).__name__}.")
+def unavailable(kind: str, exc: BaseException) -> ModerationError:
+    """The transient fault of a store that cannot be reached (503 at the API, retried by workers).
+    Its message names the kind of store and the fault, never where the store is."""
+    return ModerationError("SERVICE_UNAVAILABLE", f"The blob store ({kind}) is unreachable: {type(exc).__name__}.")
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

@@ -17,19 +17,26 @@ boto3 is imported here only (the `s3` extra); its client is built lazily, once p
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import re
 import threading
+import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from moderation.errors import ModerationError
 from moderation.intake.blobs import PROBE, BlobCorrupt, blob_key, checked_digest, unavailable, verified
 from moderation.settings import Settings
 
-# What S3-compatible servers answer for an object that is not there. A missing bucket is not
-# a missing blob: it is a deployment fault (SERVICE_UNAVAILABLE, retried, /readyz says so),
-# never a reason to send every image to review as unreadable.
-_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+log = logging.getLogger(__name__)
+# An object that is not there: S3's own error code, never a bare HTTP 404 (a proxy's or an
+# ingress' default page would make every image final-missing). A missing bucket is not a missing
+# blob either: a deployment fault (SERVICE_UNAVAILABLE, retried, /readyz says so), never a reason
+# to send every image to review as unreadable.
+_NO_SUCH_KEY = "NoSuchKey"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_CHUNK = 1 << 20
 
 
 class S3BlobStore:
@@ -44,8 +51,8 @@ class S3BlobStore:
         max_attempts: int = 3,
         max_bytes: int | None = None,
     ) -> None:
-        if not bucket:
-            raise ValueError("an s3:// blob URL names a bucket: s3://bucket/prefix")
+        if not _BUCKET.match(bucket):
+            raise ValueError(f"{bucket!r} is not an S3 bucket name: s3://bucket/prefix")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -54,17 +61,25 @@ class S3BlobStore:
         self.max_attempts = max_attempts
         self.max_bytes = max_bytes
         where = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.url = where + (f" at {endpoint_url}" if endpoint_url else "")
+        self.url = where + (f" at {_without_credentials(endpoint_url)}" if endpoint_url else "")
         self._client: Any = None
+        self._probe: Any = None  # readiness: one attempt, short timeouts
         self._pid = 0
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3BlobStore:
+        """The store MODERATION_BLOB_URL names. Raises ValueError for a URL with anything but a
+        bucket and a prefix (credentials, a port, a query: they belong in other settings)."""
         parts = urlsplit(settings.blob_store_url)
+        if parts.username or parts.password or parts.port or parts.query or parts.fragment or ":" in parts.netloc:
+            raise ValueError(
+                "MODERATION_BLOB_URL is s3://bucket/prefix only: credentials come from AWS_* or a role, "
+                "the server from MODERATION_S3_ENDPOINT_URL, the region from MODERATION_S3_REGION"
+            )
         return cls(
             parts.netloc,
-            parts.path,
+            unquote(parts.path),
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             timeout_s=settings.s3_timeout_s,
@@ -77,11 +92,12 @@ class S3BlobStore:
         if self._client is None or self._pid != os.getpid():
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
-                    self._client = self._connect()
+                    self._client = self._connect(self.timeout_s, self.max_attempts)
+                    self._probe = self._connect(min(2.0, self.timeout_s), 1)
                     self._pid = os.getpid()
         return self._client
 
-    def _connect(self) -> Any:
+    def _connect(self, timeout_s: float, attempts: int) -> Any:
         try:
             import boto3
             from botocore.config import Config
@@ -89,9 +105,9 @@ class S3BlobStore:
             raise RuntimeError("MODERATION_BLOB_URL=s3://… needs boto3: pip install 'moderation[s3]'") from exc
         config = Config(
             region_name=self.region,
-            connect_timeout=self.timeout_s,
-            read_timeout=self.timeout_s,
-            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            connect_timeout=min(3.0, timeout_s),  # a store that does not answer is down: say so soon
+            read_timeout=timeout_s,
+            retries={"max_attempts": attempts, "mode": "standard"},
             max_pool_connections=32,
             # A server of one's own (MinIO) is reached by path, not by a bucket host name.
             s3={"addressing_style": "path" if self.endpoint_url else "auto"},
@@ -120,7 +136,7 @@ class S3BlobStore:
                 ContentType="application/octet-stream",
             )
         except Exception as exc:
-            raise unavailable(self.url, exc) from exc
+            raise self._unavailable(exc) from exc
         return digest
 
     def get(self, sha256: str) -> bytes:
@@ -129,30 +145,63 @@ class S3BlobStore:
         key = self.key(sha256)
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
-            size = int(obj.get("ContentLength") or 0)
-            if self.max_bytes is not None and size > self.max_bytes:
-                obj["Body"].close()
-                raise BlobCorrupt(sha256, "", f"Blob {sha256} is {size} bytes, over the upload limit: not read.")
-            data = obj["Body"].read()
-        except (ModerationError, BlobCorrupt):
+            data = self._read(sha256, obj)
+        except ModerationError:
             raise
         except Exception as exc:
-            if _missing(exc):
+            if _error_code(exc) == _NO_SUCH_KEY:
                 raise ModerationError("BLOB_NOT_FOUND", f"No blob {sha256}.") from exc
-            raise unavailable(self.url, exc) from exc
+            raise self._unavailable(exc) from exc
         return verified(sha256, data)
+
+    def _read(self, sha256: str, obj: dict[str, Any]) -> bytes:
+        """The body, in chunks: at most max_bytes (whatever Content-Length says; an object someone
+        enlarged is refused, not read into memory) and within a deadline (a body that trickles
+        in holds no thread for long: each read's timeout alone would not bound the whole)."""
+        body = obj["Body"]
+        limit = self.max_bytes
+        try:
+            size = obj.get("ContentLength")
+            if limit is not None and size is not None and int(size) > limit:
+                raise BlobCorrupt(sha256, "", f"Blob {sha256} is {size} bytes, over the upload limit: not read.")
+            deadline = time.monotonic() + self.timeout_s * 3
+            # read1: what one recv brings (a plain read(n) waits until n bytes have come, which a
+            # trickling body can stretch to hours); the re-hash afterwards checks the whole.
+            raw = getattr(body, "_raw_stream", None)
+            read = getattr(raw, "read1", None) or body.read
+            chunks: list[bytes] = []
+            total = 0
+            while chunk := read(_CHUNK):
+                chunks.append(chunk)
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise BlobCorrupt(sha256, "", f"Blob {sha256} is over the upload limit: not read further.")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading blob {sha256} took over {self.timeout_s * 3:.0f} s")
+            return b"".join(chunks)
+        finally:
+            body.close()
 
     def exists(self, sha256: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(sha256))
         except Exception as exc:
-            if _missing(exc):
+            # A HEAD answer has no body, so no error code: 404 is all S3 says of a missing key.
+            if _error_code(exc) in (_NO_SUCH_KEY, "404", "NotFound"):
                 return False
-            raise unavailable(self.url, exc) from exc
+            raise self._unavailable(exc) from exc
         return True
 
     def ping(self) -> None:
-        self.client.head_bucket(Bucket=self.bucket)
+        """One quick attempt (readiness must answer within its own probe timeout)."""
+        self.client  # noqa: B018 - builds both clients for this process
+        self._probe.head_bucket(Bucket=self.bucket)
+
+    def _unavailable(self, exc: BaseException) -> ModerationError:
+        # The operator's log names the store; the client's message does not (where the images of
+        # every tenant are kept is not theirs to know).
+        log.warning("blob store %s unreachable: %s: %s", self.url, type(exc).__name__, exc)
+        return unavailable("S3", exc)
 
     def init(self) -> list[str]:
         """Create the bucket if it is missing, then write, read back and delete a probe object:
@@ -161,7 +210,7 @@ class S3BlobStore:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            if not _missing(exc) and "NoSuchBucket" not in str(exc):
+            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
             where = {"LocationConstraint": self.region}
             extra = {} if self.region == "us-east-1" else {"CreateBucketConfiguration": where}
@@ -174,10 +223,16 @@ class S3BlobStore:
         return done
 
 
-def _missing(exc: BaseException) -> bool:
+def _error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ("" for anything else)."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code != "NoSuchBucket" and (code in _MISSING or status == 404)
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    return url

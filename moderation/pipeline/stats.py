@@ -141,24 +141,26 @@ def next_queue(ctx: Context, policy_id: str, stages_done: set[str]) -> str:
 
 def queue_ages(ctx: Context, engine: Engine, sample: int = 500) -> dict[str, float]:
     """Per queue, the age in seconds of the oldest submission waiting for that queue's work (time
-    since its last progress), over the `sample` least recently moved active submissions: received
-    or queued ones wait for `ingest`, analyzing ones for their next stage's queue or `decide`.
-    A queue none of them waits for is 0. Unlike a depth, this grows when workers fall behind even
-    if the queue is short (slow items), and it reads PostgreSQL, so it is the same on every broker."""
+    since its last progress). Queued ones wait for `ingest`: its age is one index lookup. Analyzing
+    ones wait for their next stage's queue, or `decide`: read from the `sample` least recently
+    moved of them (a queue whose oldest item is not among them reads younger than it is, never
+    older). A queue nothing waits for is absent. Unlike a depth, this grows when workers fall
+    behind even if the queue is short (slow items), and it reads PostgreSQL: the same on every broker."""
+    ages: dict[str, float] = {}
     with engine.connect() as conn:
+        queued = conn.execute(
+            select(func.min(submissions.c.updated_at)).where(submissions.c.status == SubmissionStatus.QUEUED)
+        ).scalar()
         rows = conn.execute(
-            select(submissions.c.id, submissions.c.status, submissions.c.policy_id, submissions.c.updated_at)
-            .where(submissions.c.status.in_(ACTIVE))
+            select(submissions.c.id, submissions.c.policy_id, submissions.c.updated_at)
+            .where(submissions.c.status == SubmissionStatus.ANALYZING)
             .order_by(submissions.c.updated_at)
             .limit(sample)
         ).all()
-        analyzing = [r.id for r in rows if r.status == SubmissionStatus.ANALYZING]
-        done = stored_findings(conn, analyzing) if analyzing else {}
-    ages: dict[str, float] = {}
+        done = stored_findings(conn, [r.id for r in rows]) if rows else {}
+    if queued is not None:
+        ages[Q_INGEST] = _age_s(queued)
     for r in rows:  # oldest first: the first one seen per queue is its oldest
-        if r.status == SubmissionStatus.ANALYZING:
-            queue = next_queue(ctx, r.policy_id, {f.stage for f in done.get(r.id, [])})
-        else:
-            queue = Q_INGEST
+        queue = next_queue(ctx, r.policy_id, {f.stage for f in done.get(r.id, [])})
         ages.setdefault(queue, _age_s(r.updated_at))
     return ages

@@ -114,16 +114,20 @@ def task_image(
     now: datetime,
 ) -> tuple[bytes, str]:
     """(bytes, media type) of a task's image: the safe derivative, or the original for the
-    holder of the task's claim (recorded before it is read). Raises NOT_FOUND, CLAIM_REQUIRED,
-    BLOB_NOT_FOUND, BlobCorrupt."""
+    holder of the task's claim (recorded, in the same transaction, before it is returned; a read
+    that fails records nothing). Raises NOT_FOUND, CLAIM_REQUIRED, BLOB_NOT_FOUND, BlobCorrupt,
+    SERVICE_UNAVAILABLE (the blob store)."""
     if variant == "original":
         with engine.begin() as conn:
             task = leases.get_task(conn, reviewer, task_id)
             if not leases.holds(task, reviewer, now):
                 raise ModerationError("CLAIM_REQUIRED", "The original is shown only to the holder of the task's claim.")
-            record_reveal(conn, reviewer, task, now)
             sha256, fmt = stored_image(conn, task.submission_id)
-        return original(blobs, sha256), f"image/{fmt.lower()}"
+            # Read first: a store that is down (or a tampered blob) must not leave a reveal in the
+            # audit log, nor count against the moderator's exposure budget, for nothing shown.
+            data = original(blobs, sha256)
+            record_reveal(conn, reviewer, task, now)
+        return data, f"image/{fmt.lower()}"
     with engine.connect() as conn:
         task = leases.get_task(conn, reviewer, task_id)
         sha256, _ = stored_image(conn, task.submission_id)

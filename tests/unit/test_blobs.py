@@ -150,3 +150,106 @@ def test_blobs_init_creates_the_bucket_and_checks_it(s3_endpoint: str, aws_crede
     store.ping()
     assert "Contents" not in store.client.list_objects_v2(Bucket=store.bucket)  # the probe was deleted
     assert store.init() == [done[1]]  # again: nothing to create
+
+
+class _Server:
+    """A tiny HTTP server on 127.0.0.1 that is not S3: `answer(handler)` writes the reply."""
+
+    def __init__(self, answer: Any) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer(self)
+
+            do_PUT = do_HEAD = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_404_that_is_not_s3s_is_not_a_missing_blob(aws_credentials: None) -> None:
+    # A proxy's or an ingress' default page must not make every image final-missing (to review).
+    def not_found(h: Any) -> None:
+        h.send_response(404)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", "9")
+        h.end_headers()
+        h.wfile.write(b"not found")
+
+    server = _Server(not_found)
+    try:
+        store = S3BlobStore("a-bucket", endpoint_url=server.url, max_attempts=1, timeout_s=2)
+        with pytest.raises(ModerationError) as exc:
+            store.get("a" * 64)
+        assert exc.value.code == "SERVICE_UNAVAILABLE" and not exc.value.final
+    finally:
+        server.close()
+
+
+def test_a_trickling_body_holds_no_thread_for_long(aws_credentials: None) -> None:
+    import time
+
+    def trickle(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(1000):
+            try:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    server = _Server(trickle)
+    try:
+        store = S3BlobStore("a-bucket", endpoint_url=server.url, max_attempts=1, timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(ModerationError) as exc:
+            store.get("b" * 64)
+        assert exc.value.code == "SERVICE_UNAVAILABLE"
+        assert time.monotonic() - started < 5  # the deadline (3 x timeout), not 100 s of trickle
+    finally:
+        server.close()
+
+
+def test_the_clients_message_does_not_say_where_the_store_is(aws_credentials: None) -> None:
+    store = S3BlobStore(
+        "secret-bucket", "p", endpoint_url="http://user:hunter2@127.0.0.1:9", timeout_s=0.5, max_attempts=1
+    )
+    assert "hunter2" not in store.url and "secret-bucket" in store.url  # the operator's log names it
+    with pytest.raises(ModerationError) as exc:
+        store.put(b"x")
+    assert "secret-bucket" not in exc.value.message and "127.0.0.1" not in exc.value.message
+    assert "hunter2" not in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://user:pw@bucket-a/p",
+        "s3://bucket-a:9000/p",
+        "s3://bucket-a/p?region=eu-west-1",
+        "s3://bucket-a/p#x",
+        "s3://Bucket_A/p",
+        "s3://ab/p",
+    ],
+)
+def test_a_blob_url_with_more_than_a_bucket_and_prefix_is_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_blob_store(Settings(blob_url=url))
+
+
+def test_a_prefix_is_decoded_like_a_file_path() -> None:
+    store = open_blob_store(Settings(blob_url="s3://bucket-a/pre%20fix/"))
+    assert store.prefix == "pre fix"  # type: ignore[attr-defined]

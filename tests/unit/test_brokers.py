@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from moderation.queue import AMQP_MAX_PRIORITY, Publisher, broker_priority, celery_config, is_amqp
+from moderation.queue import AMQP_MAX_PRIORITY, PUBLISH_TIMEOUT_S, Publisher, broker_priority, celery_config, is_amqp
 from moderation.settings import Settings
 from moderation.vocab import Priority
 
@@ -60,3 +60,5 @@ def test_the_publisher_sends_the_brokers_own_priority(monkeypatch: pytest.Monkey
         monkeypatch.setattr(publisher.app, "send_task", lambda name, _sent=sent, **kw: _sent.update(kw))
         assert publisher.send("t", ["x"], "ingest", "high")
         assert sent["priority"] == high
+        # A publisher confirm is awaited for a bounded time only (a blocked RabbitMQ holds nothing).
+        assert sent.get("confirm_timeout") == (PUBLISH_TIMEOUT_S if url == RABBIT else None)
