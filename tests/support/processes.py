@@ -126,10 +126,23 @@ class Procs:
         name = node_name(node)
 
         def answers() -> bool:
-            replies = self.control().control.ping(destination=[name], timeout=1.0)
+            app = self.control()
+            try:
+                replies = app.control.ping(destination=[name], timeout=1.0)
+            except broker_errors(app):
+                # The broker restarted under this app (a test restarts it): its pooled connection
+                # is gone. Start over with a new app and ask again on the next poll.
+                self.close_control()
+                return False
             return any(name in reply for reply in replies)
 
         return answers
+
+    def close_control(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                self._control.close()
+            self._control = None
 
     def control(self) -> Celery:
         if self._control is None:
@@ -208,9 +221,16 @@ class Procs:
     def stop_all(self) -> None:
         for p in self.all:
             p.stop()
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self.close_control()
+
+
+def broker_errors(app: Celery) -> tuple[type[BaseException], ...]:
+    """What a lost broker connection raises through `app`'s transport (Redis or AMQP), and OSError."""
+    conn = app.connection_for_write()
+    try:
+        return (OSError, *conn.connection_errors, *conn.channel_errors)
+    finally:
+        conn.release()
 
 
 def embedded_env(var_dir: Path | None = None, pythonpath: Path | None = None) -> dict[str, str]:
