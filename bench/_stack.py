@@ -527,12 +527,20 @@ class UniqueImages:
 
 
 class _Conn:
-    """One keep-alive HTTP/1.1 connection; any failure closes it (the caller retries on a new one)."""
+    """One keep-alive HTTP/1.1 connection; any failure closes it (the caller retries on a new one).
+
+    A connection idle for longer than `IDLE_S` is closed and opened again before it is used:
+    uvicorn closes keep-alive connections idle for 5 s, and a request written onto one it has
+    just closed fails and would be counted as a retry the pipeline never caused.
+    """
+
+    IDLE_S = 4.0
 
     def __init__(self, port: int, key: str) -> None:
         self.port, self.key = port, key
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     def close(self) -> None:
         if self.writer is not None:
@@ -540,6 +548,8 @@ class _Conn:
         self.reader = self.writer = None
 
     async def post(self, data: bytes, fields: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_S:
+            self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -562,6 +572,7 @@ class _Conn:
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
         payload = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        self.last_used = time.monotonic()
         if headers.get("connection", "").lower() == "close":
             self.close()
         return status, headers, payload
@@ -632,7 +643,7 @@ class LoadGen(threading.Thread):
             self.done.set()
 
     async def _main(self) -> None:
-        pool: asyncio.Queue[_Conn] = asyncio.Queue()
+        pool: asyncio.Queue[_Conn] = asyncio.LifoQueue()  # the warmest connection first
         for _ in range(self.connections):
             pool.put_nowait(_Conn(self.port, self.key))
         in_flight = asyncio.Semaphore(self.max_in_flight)

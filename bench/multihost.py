@@ -617,9 +617,8 @@ def run(
     broker: str,
     endpoints: dict[str, str],
 ) -> int:
-    # LoadGen takes its keep-alive connections in turn; uvicorn closes one idle for 5 s, and a
-    # request sent on a closed one fails ("conn", then retried). With two seconds of submissions'
-    # worth of connections each is used again well within those 5 s.
+    # Two seconds of submissions' worth of keep-alive connections (LoadGen reopens one idle for
+    # longer than uvicorn keeps it).
     load = LoadGen(stack.api_port, stack.key, images, args.rate, run_id, connections=max(4, math.ceil(2 * args.rate)))
     load.start()
     while not load.started_at:
