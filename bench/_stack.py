@@ -712,6 +712,17 @@ class LoadGen(threading.Thread):
         finally:
             in_flight.release()
 
+    def finish(self, log: Callable[[str], None]) -> tuple[float, dict[str, Any], dict[str, float]]:
+        """Stop the load and wait for the retries in flight: (when it ended, summary(), the
+        accepted submissions' id -> accepted_at)."""
+        log("load stops; waiting for the retries in flight")
+        self.stop_and_wait(self.give_up_s + 60)
+        ended = time.time()
+        summary = self.summary()
+        log(f"load: {summary}")
+        accepted = {i.id: i.accepted_at for i in self.accepted() if i.id is not None and i.accepted_at is not None}
+        return ended, summary, accepted
+
     # ------------------------------------------------------------ figures
 
     def accepted(self) -> list[Item]:

@@ -373,13 +373,7 @@ def main() -> int:
             notes = {k: v for k, v in fault.notes.items() if k != "batch_submissions"}
             stack.log(f"fault {fault.name} at +{fault.at - t0:.1f} s ({fault.took_s} s): {notes}")
         time.sleep(max(0.0, t0 + args.duration - time.time()))
-        stack.log("load stops; waiting for the retries in flight")
-        load.stop_and_wait(load.give_up_s + 60)
-        t_load_end = time.time()
-        summary = load.summary()
-        stack.log(f"load: {summary}")
-
-        accepted = {i.id: i.accepted_at for i in load.accepted() if i.id is not None and i.accepted_at is not None}
+        t_load_end, summary, accepted = load.finish(stack.log)
         stack.log(
             f"draining (at most {args.drain:.0f} s; reconciler every {reconcile_s:.0f} s, stale after {stale_s:.0f} s)"
         )

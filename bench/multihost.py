@@ -64,7 +64,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -81,6 +80,7 @@ from bench._stack import REPO, TENANT, LoadGen, Service, Stack, UniqueImages, fr
 from bench.chaos import Fault, active_count, fetch, in_flight, recovery, undecided, verify_chains
 from bench.common import pct, run_header
 from bench.pipeline import multipart as encode_form
+from devtools.s3server import stop, wait_listening
 
 RESULTS = REPO / "bench" / "results"
 WINDOW_S = 5.0  # latency is also reported per window of this many seconds of submissions
@@ -168,22 +168,10 @@ def s3_server(log: Path, labels: list[str]) -> Iterator[dict[str, str]]:
     try:
         deadline = time.monotonic() + 60
         for port in ports.values():
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the S3 server did not start (rc {proc.poll()}); see {log}") from None
-                    time.sleep(0.1)
+            wait_listening(port, proc, deadline, lambda: f"the S3 server did not start (rc {proc.poll()}); see {log}")
         yield {label: f"http://127.0.0.1:{port}" for label, port in ports.items()}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 @dataclass
@@ -635,13 +623,7 @@ def run(
         f"{len(fault.notes['started'])} started; tenant in progress {snapshot}"
     )
     time.sleep(max(0.0, t0 + args.duration - time.time()))
-    stack.log("load stops; waiting for the retries in flight")
-    load.stop_and_wait(load.give_up_s + 60)
-    t_load_end = time.time()
-    summary = load.summary()
-    stack.log(f"load: {summary}")
-
-    accepted = {i.id: i.accepted_at for i in load.accepted() if i.id is not None and i.accepted_at is not None}
+    t_load_end, summary, accepted = load.finish(stack.log)
     drain_started = time.monotonic()
     drained = until(lambda: active_count(stack) == 0 and undecided(stack, set(accepted)) == 0, args.drain, 1.0)
     drain_s = round(time.monotonic() - drain_started, 1)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float, failed: Callable[[], str]) -> None:
+    """Until 127.0.0.1:`port` accepts a connection; RuntimeError(failed()) when `proc` has exited
+    or `deadline` (time.monotonic()) has passed first."""
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(failed()) from None
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -39,22 +52,21 @@ def s3_server(log: Path, procs: dict[str, subprocess.Popen[bytes]] | None = None
         procs["s3"] = proc  # a benchmark counts its CPU and memory
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.1)
+        failed = lambda: f"moto_server did not start: {log.read_text()[-2000:]}"  # noqa: E731
+        wait_listening(port, proc, time.monotonic() + 30, failed)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL when it has not exited 10 s later."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def s3_env(endpoint: str, bucket: str, prefix: str = "blobs") -> dict[str, str]:

@@ -20,6 +20,7 @@ import yaml
 from moderation import queue
 from moderation.cli.main import app as cli_app
 from moderation.settings import Settings
+from tests.support.argv import option
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -65,16 +66,6 @@ def moderation_commands(services: dict[str, dict[str, Any]]) -> list[tuple[str, 
     return [
         (name, args[1:]) for name, svc in services.items() for args in invocations(svc) if args[:1] == ["moderation"]
     ]
-
-
-def option(args: list[str], *names: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg in names and i + 1 < len(args):
-            return args[i + 1]
-        for name in names:
-            if name.startswith("--") and arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
 
 
 def depends(service: dict[str, Any]) -> dict[str, str]:

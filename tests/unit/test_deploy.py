@@ -28,6 +28,7 @@ from pydantic import AliasChoices
 from moderation import metrics, queue
 from moderation.cli.main import app as cli_app
 from moderation.settings import Settings
+from tests.support.argv import option
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -132,16 +133,6 @@ def deployment(name: str) -> Manifest:
 
 def command(c: dict[str, Any]) -> list[str]:
     return [str(part) for part in [*c.get("command", []), *c.get("args", [])]]
-
-
-def option(args: list[str], *names: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg in names and i + 1 < len(args):
-            return args[i + 1]
-        for name in names:
-            if name.startswith("--") and arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
 
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
