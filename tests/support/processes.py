@@ -130,8 +130,11 @@ class Procs:
             try:
                 replies = app.control.ping(destination=[name], timeout=1.0)
             except broker_errors(app):
-                # The broker restarted under this app (a test restarts it): its pooled connection
-                # is gone. Start over with a new app and ask again on the next poll.
+                # The broker restarted (a test restarts it) after kombu pooled this connection:
+                # its producer pools are process-wide, keyed by the broker URL, so even a new app
+                # gets the dead one. Start over with a new app and ask again on the next poll,
+                # which connects anew. (Resetting kombu's pools at the restart instead breaks the
+                # in-process API's publisher: the next test's submissions are never queued.)
                 self.close_control()
                 return False
             return any(name in reply for reply in replies)
