@@ -603,8 +603,9 @@ class Item:
 class LoadGen(threading.Thread):
     """Open-loop load at `rate` submissions/s (asyncio in its own thread) until stop().
 
-    Each submission is retried, with the same external_id and bytes, on anything but a 202 or a
-    final 4xx (backoff 0.25 s doubling to 4 s, Retry-After on 429) for up to `give_up_s`.
+    Each submission is retried, with the same external_id, bytes and fields, on anything but a 202
+    or a final 4xx (backoff 0.25 s doubling to 4 s, Retry-After on 429) for up to `give_up_s`.
+    Submissions use the `hash-only` policy unless `fields(n)` says otherwise for submission n.
     """
 
     def __init__(
@@ -619,8 +620,10 @@ class LoadGen(threading.Thread):
         attempt_timeout_s: float = 20.0,
         give_up_s: float = 180.0,
         max_in_flight: int = 2000,
+        fields: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
         super().__init__(name="loadgen", daemon=True)
+        self.fields = fields  # submission number -> form fields over the defaults (policy, caption…)
         self.port, self.key, self.images, self.rate, self.run_id = port, key, images, rate, run
         self.connections, self.attempt_timeout_s, self.give_up_s = connections, attempt_timeout_s, give_up_s
         self.max_in_flight = max_in_flight
@@ -672,7 +675,8 @@ class LoadGen(threading.Thread):
 
     async def _submit(self, item: Item, pool: asyncio.Queue[_Conn], in_flight: asyncio.Semaphore) -> None:
         data = self.images.get(item.n, self.run_id)
-        fields = {"policy": "hash-only", "external_id": item.external_id}
+        chosen = self.fields(item.n) if self.fields else {}
+        fields = {"policy": "hash-only", **chosen, "external_id": item.external_id}
         backoff = 0.25
         try:
             while True:

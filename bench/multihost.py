@@ -75,11 +75,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _stack
 from bench._stack import REPO, TENANT, LoadGen, Service, Stack, UniqueImages, free_port, until
 from bench.chaos import Fault, active_count, fetch, in_flight, recovery, undecided, verify_chains
 from bench.common import pct, run_header
-from bench.pipeline import multipart as encode_form
 from devtools.s3server import stop, wait_listening
 
 RESULTS = REPO / "bench" / "results"
@@ -367,20 +365,11 @@ class MultiHostStack(Stack):
         super().cleanup(keep_logs)
 
 
-def route_reads(share: float, analyze_s: float) -> None:
-    """Send `share` of LoadGen's submissions under READ_POLICY (the rest stay `hash-only`).
-
-    LoadGen writes `policy: hash-only` into every request it builds; the form is encoded by
-    bench._stack's `multipart`, so that is where the field is rewritten, from the submission's
-    number in its external_id (`<run>-<n>`): a retry of a submission keeps its policy."""
-    original: Callable[[bytes, dict[str, str]], tuple[bytes, str]] = encode_form
-
-    def multipart(data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
-        if is_read(int(fields["external_id"].rsplit("-", 1)[1]), share):
-            fields = {**fields, "policy": READ_POLICY, "caption": f"sleep={analyze_s}" if analyze_s > 0 else ""}
-        return original(data, fields)
-
-    _stack.multipart = multipart  # type: ignore[attr-defined]
+def route_reads(share: float, analyze_s: float) -> Callable[[int], dict[str, str]]:
+    """LoadGen's fields: `share` of the submissions under READ_POLICY (the rest stay `hash-only`),
+    chosen by the submission's number, so a retry keeps its policy."""
+    read = {"policy": READ_POLICY, "caption": f"sleep={analyze_s}" if analyze_s > 0 else ""}
+    return lambda n: read if is_read(n, share) else {}
 
 
 def is_read(n: int, share: float) -> bool:
@@ -553,7 +542,6 @@ def main(argv: list[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _interrupt)  # cleanup runs on SIGTERM as on Ctrl-C
     images = UniqueImages(args.pool)
     run_id = f"multihost{int(time.time())}"
-    route_reads(args.read_share, args.analyze_s)
     extra = {
         "MODERATION_BLOB_URL": f"s3://{BUCKET}/{PREFIX}",
         **CREDENTIALS,
@@ -607,7 +595,15 @@ def run(
 ) -> int:
     # Two seconds of submissions' worth of keep-alive connections (LoadGen reopens one idle for
     # longer than uvicorn keeps it).
-    load = LoadGen(stack.api_port, stack.key, images, args.rate, run_id, connections=max(4, math.ceil(2 * args.rate)))
+    load = LoadGen(
+        stack.api_port,
+        stack.key,
+        images,
+        args.rate,
+        run_id,
+        connections=max(4, math.ceil(2 * args.rate)),
+        fields=route_reads(args.read_share, args.analyze_s),
+    )
     load.start()
     while not load.started_at:
         time.sleep(0.01)
