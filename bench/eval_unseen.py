@@ -1,6 +1,6 @@
 """The lite analyzer on text it was never tuned on (issue 13's "before" figure).
 
-    .venv/bin/python bench/eval_unseen.py [--json FILE]
+    .venv/bin/python bench/eval_unseen.py [--json FILE] [--data FILE]
 
 Each text of tests/data/eval_unseen/texts.jsonl (written without seeing the lexicon or rules) is
 given to the lite analyzer as the caption of a blank image (so OCR reads nothing and the text
@@ -33,11 +33,12 @@ DATA = REPO / "tests" / "data" / "eval_unseen" / "texts.jsonl"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--data", type=Path, default=DATA, help="a set in the same format (default: %(default)s)")
     args = ap.parse_args()
     policy = load_policies(REPO / "policies")["default"]
     lite = LiteAnalyzer()
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
-    items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     out: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for i, item in enumerate(items):
         finding = lite.analyze(

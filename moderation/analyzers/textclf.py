@@ -164,7 +164,10 @@ class TextClassifier:
         self.bucket_ids = np.asarray(data["bucket_ids"], dtype=np.int64)  # sorted (K,)
         self.bucket_w = np.asarray(data["bucket_w"], dtype=np.float16)  # (K, C + 1); rows widened when read
         self.bias = np.asarray(data["bias"], dtype=np.float32)
-        self.platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2): a, b
+        # (2, C, 2): a, b per category, for text MiniLM read and for text it cannot (Chinese): the
+        # two are scored on different features, so their log-odds mean different things.
+        platt = np.asarray(data["platt"], dtype=np.float64)
+        self.platt = platt if platt.ndim == 3 else np.stack([platt, platt])
         # Nearest training texts: their embeddings and classes, and the weights of the features.
         self.knn_ref = np.asarray(data["knn_ref"], dtype=np.float32) / 127.0  # (N, 384), stored in int8
         self.knn_labels = np.asarray(data["knn_labels"], dtype=bool)  # (N, C + 1)
@@ -188,13 +191,15 @@ class TextClassifier:
                 z[i] += values[known] @ self.bucket_w[pos[known]].astype(np.float32)
         return np.asarray(z)
 
-    def calibrate(self, z: np.ndarray) -> np.ndarray:
+    def calibrate(self, z: np.ndarray, readable: np.ndarray | None = None) -> np.ndarray:
         """Softmax over the categories and `harmless` (the last column), then each category's
-        log-odds through its Platt calibration."""
+        log-odds through its Platt calibration: the one for text MiniLM read where `readable[i]`,
+        the one for text scored on n-grams alone (Chinese) elsewhere."""
         z = np.asarray(z, dtype=np.float64)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         p = np.clip(e / e.sum(axis=1, keepdims=True), 1e-9, 1 - 1e-9)[:, :-1]
-        return sigmoid(self.platt[:, 0] * np.log(p / (1 - p)) + self.platt[:, 1])
+        ab = self.platt[np.where(readable, 0, 1)] if readable is not None else self.platt[0]
+        return sigmoid(ab[..., 0] * np.log(p / (1 - p)) + ab[..., 1])
 
     def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
         """Calibrated probability per category for each text (normalised here); {} for text with
@@ -204,7 +209,9 @@ class TextClassifier:
         keep = [i for i, (ids, _) in enumerate(features) if len(ids)]
         out: list[dict[str, float]] = [{} for _ in normed]
         if keep:
-            probs = self.calibrate(self.logits([normed[i] for i in keep], [features[i] for i in keep]))
+            texts = [normed[i] for i in keep]
+            readable = np.array([embeddable(t) for t in texts])
+            probs = self.calibrate(self.logits(texts, [features[i] for i in keep]), readable)
             for row, i in enumerate(keep):
                 out[i] = {c: round(float(p), 3) for c, p in zip(self.categories, probs[row], strict=True)}
         return out

@@ -6,9 +6,9 @@
 
 One L2-regularised softmax regression over the categories and `harmless`, solved with L-BFGS
 on the embedding and the hashed n-grams of each text. The log-odds of each category's softmax
-probability are then calibrated per category (Platt scaling) on out-of-fold predictions: each
-text is scored by a model that did not see it, so the calibration is not fitted on memorised
-texts.
+probability are then calibrated per category (Platt scaling) on out-of-fold predictions,
+separately for text the embedding reads and text scored on n-grams alone (Chinese): each text is
+scored by a model that did not see it, so the calibration is not fitted on memorised texts.
 A held-out split, never fitted on, measures what the shipped model does: precision, recall and
 the expected calibration error (ECE) per category, and the points of a reliability diagram.
 
@@ -239,13 +239,16 @@ def fit(
         ref = targets(rows, train, categories) > 0
         oof[test] = class_logits(design.matrix(test, columns, emb_scale, train, ref) @ W + b)
     Y = np.array([[1.0 if c in r.labels else 0.0 for c in categories] for r in rows])
-    cal = np.array([platt(oof[:, j], Y[:, j]) for j in range(len(categories))])
+    # One calibration for text MiniLM read, one for text scored on n-grams alone (Chinese).
+    readable = design.vectors.any(axis=1)
+    cal = np.array(
+        [[platt(oof[group, j], Y[group, j]) for j in range(len(categories))] for group in (readable, ~readable)]
+    )
     columns, W, b = _fit_raw(design, rows, list(range(n)), categories, l2, emb_scale, maxiter)
     k = len(columns)
     grams = W[:k]
     used = np.abs(grams).max(axis=1) > 1e-4  # buckets that carry weight
-    labels = targets(rows, list(range(n)), categories) > 0
-    readable = design.vectors.any(axis=1)  # only texts MiniLM read can be neighbours
+    labels = targets(rows, list(range(n)), categories) > 0  # only texts MiniLM read can be neighbours
     return Model(
         categories=list(categories),
         bits=bits,
