@@ -202,11 +202,7 @@ NEIGHBOURS = [
     ("held", "大家快来看这个丑八怪，评论区一起笑"),  # noqa: RUF001
     # ...and harmless captions of the same shapes (pets, "one more ... and I ...").
     ("allowed", "my cat knocked the plant over again, what a menace"),
-    pytest.param(
-        "allowed",
-        "this dog has zero chill and I love him",
-        marks=pytest.mark.xfail(strict=True, reason="violence_gore 0.22 over its 0.15 mark: a known false positive"),
-    ),
+    ("allowed", "this dog has zero chill and I love him"),
     ("allowed", "one more episode and I'm going to bed, I promise"),
     ("allowed", "one more coffee and I'll be able to finish this report"),
     ("allowed", "我家猫又把杯子推下桌了，气死我了哈哈"),  # noqa: RUF001
