@@ -236,6 +236,18 @@ def map_detections(
     return scores, why
 
 
+_CONTENT = re.compile(r"[^\W_]")  # a letter, a digit or a CJK character
+MIN_READ = 3  # characters: less than this, read off an image, is a stray glyph (a shape, a texture)
+
+
+def _glyphs(lines: list[tuple[str, float, tuple[float, float, float, float]]]) -> bool:
+    """Whether what OCR read is only a stray glyph or two ("一O", "上", "|l"): fewer than
+    `MIN_READ` letters, digits or CJK characters in all. OCR finds such glyphs in shapes and
+    textures of plain photos; a classifier asked about one character answers with its prior, so
+    it is neither judged by the classifier nor taken as poorly read text (the rules still see it)."""
+    return sum(len(_CONTENT.findall(text)) for text, _, _ in lines) < MIN_READ
+
+
 def _judgeable(line: str) -> bool:
     """A line with enough words to be judged on its own: four words, or eight CJK characters."""
     return len(line.split()) >= 4 or len(re.findall(r"[\u3400-\u9fff]", line)) >= 8
@@ -384,7 +396,8 @@ class LiteAnalyzer(Analyzer):
         # judge on its own, so that one threat is not diluted by a page of chat. (Fragments such
         # as "A PICTURE" are not judged alone: a classifier is overconfident on two words.)
         own_lines = [t for t, _, _ in readable[:16] if _judgeable(t)] if len(ocr_text.split()) > 24 else []
-        segments = [s for s in [item.caption or "", ocr_text, *own_lines] if s.strip()]
+        glyphs = _glyphs(readable)
+        segments = [s for s in [item.caption or "", "" if glyphs else ocr_text, *own_lines] if s.strip()]
         segments = list(dict.fromkeys(segments))
         if self.risk is not None:
             for segment, seg_scores in zip(
@@ -413,7 +426,9 @@ class LiteAnalyzer(Analyzer):
         confidence = 0.9
         if unsure:
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
-        elif not complete or (readable and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())):
+        elif not complete or (
+            readable and not glyphs and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())
+        ):
             # Part of the image could not be read, or text was read poorly and what was read says
             # something: a human reads it. (OCR noise on a photo that says nothing is not held.)
             confidence = 0.55
