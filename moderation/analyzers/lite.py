@@ -75,7 +75,9 @@ class Lexicon:
     def score(self, text: str) -> tuple[dict[str, float], dict[str, str], bool]:
         """(scores, the phrase behind each score, whether an idiom sits beside a risky phrase).
 
-        A risky phrase that is part of an idiom counts half."""
+        A risky phrase that is part of an idiom counts half. CJK characters split by spaces, as
+        OCR often returns them ("杀 了 你"), are read joined."""
+        text = _CJK_GAP.sub("", text)
         benign_spans = [m.span() for p in self.benign for m in p.finditer(text)]
         scores: dict[str, float] = {}
         why: dict[str, str] = {}
