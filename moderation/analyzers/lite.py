@@ -27,6 +27,7 @@ import yaml
 from PIL import Image
 
 from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.analyzers.textclf import judgeable
 from moderation.settings import Settings, data_dir
 
 # The shipped defaults; a deployment's own `policies_dir` (Settings) takes precedence.
@@ -70,7 +71,9 @@ class Lexicon:
             re.compile("|".join(f"(?:{p})" for p in addressed.get(part, [])) or r"(?!)", re.IGNORECASE)
             for part in ("audience", "steer", "marker")
         )
-        self.categories = sorted({r.category for r in self.rules})
+        # What text alone can rule out (the finding's coverage): `covers`, or else every category
+        # with a rule. A rule elsewhere (a nudity term) is evidence, not coverage of pictures.
+        self.categories = sorted(data.get("covers") or {r.category for r in self.rules})
 
     def score(self, text: str) -> tuple[dict[str, float], dict[str, str], bool]:
         """(scores, the phrase behind each score, whether an idiom sits beside a risky phrase).
@@ -238,18 +241,6 @@ def map_detections(
     return scores, why
 
 
-_CONTENT = re.compile(r"[^\W_]")  # a letter, a digit or a CJK character
-MIN_READ = 3  # characters: less than this, read off an image, is a stray glyph (a shape, a texture)
-
-
-def _glyphs(lines: list[tuple[str, float, tuple[float, float, float, float]]]) -> bool:
-    """Whether what OCR read is only a stray glyph or two ("一O", "上", "|l"): fewer than
-    `MIN_READ` letters, digits or CJK characters in all. OCR finds such glyphs in shapes and
-    textures of plain photos; a classifier asked about one character answers with its prior, so
-    it is neither judged by the classifier nor taken as poorly read text (the rules still see it)."""
-    return sum(len(_CONTENT.findall(text)) for text, _, _ in lines) < MIN_READ
-
-
 def _judgeable(line: str) -> bool:
     """A line with enough words to be judged on its own: four words, or eight CJK characters."""
     return len(line.split()) >= 4 or len(re.findall(r"[\u3400-\u9fff]", line)) >= 8
@@ -398,8 +389,7 @@ class LiteAnalyzer(Analyzer):
         # judge on its own, so that one threat is not diluted by a page of chat. (Fragments such
         # as "A PICTURE" are not judged alone: a classifier is overconfident on two words.)
         own_lines = [t for t, _, _ in readable[:16] if _judgeable(t)] if len(ocr_text.split()) > 24 else []
-        glyphs = _glyphs(readable)
-        segments = [s for s in [item.caption or "", "" if glyphs else ocr_text, *own_lines] if s.strip()]
+        segments = [s for s in [item.caption or "", ocr_text, *own_lines] if s.strip()]
         segments = list(dict.fromkeys(segments))
         if self.risk is not None:
             for segment, seg_scores in zip(
@@ -429,7 +419,8 @@ class LiteAnalyzer(Analyzer):
         if unsure:
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
         elif not complete or (
-            readable and not glyphs and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())
+            # (A stray glyph or two that OCR finds in the shapes of a photo, "一O", is not text to doubt.)
+            judgeable(normalise(ocr_text)) and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())
         ):
             # Part of the image could not be read, or text was read poorly and what was read says
             # something: a human reads it. (OCR noise on a photo that says nothing is not held.)

@@ -100,6 +100,20 @@ def hashed(text: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, values
 
 
+_LATIN_WORD = re.compile(f"[^\\W\\d_{_CJK}]+")
+
+
+def judgeable(text: str) -> bool:
+    """Whether a normalised text says enough for the classifier: two words, or four CJK characters
+    (a Chinese word is about two), or three different emoji ("💊❄️🍃"), or a mix of these. Below
+    that ("lol", "你好", "你是谁", "🔥🔥", a stray glyph) a handful of n-grams decide, and the
+    classifier answers with confidence it has not earned; exact short terms (slurs, codes, "kys",
+    "傻逼") are the rules'."""
+    emoji = {ch for ch in text if unicodedata.category(ch) == "So"}
+    units = len(_LATIN_WORD.findall(text)) + len(_CJK_CHARS.findall(text)) / 2 + len(emoji) * 2 / 3
+    return units >= 2 - 1e-9
+
+
 def embeddable(text: str) -> bool:
     """Whether MiniLM can read `text`: mostly Latin script. It embeds every Chinese line alike
     (noise a classifier learns to trust), so CJK text is left to the n-grams."""
@@ -203,9 +217,9 @@ class TextClassifier:
 
     def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
         """Calibrated probability per category for each text (normalised here); {} for text with
-        nothing to read (no word, character or emoji feature)."""
+        too little to judge (`judgeable`: fewer than two words or four CJK characters)."""
         normed = [normalise(t) for t in texts]
-        features = [hashed(t, self.bits) for t in normed]
+        features = [hashed(t, self.bits) if judgeable(t) else (np.zeros(0, np.int64), np.zeros(0)) for t in normed]
         keep = [i for i, (ids, _) in enumerate(features) if len(ids)]
         out: list[dict[str, float]] = [{} for _ in normed]
         if keep:
