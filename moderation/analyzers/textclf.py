@@ -104,13 +104,15 @@ _LATIN_WORD = re.compile(f"[^\\W\\d_{_CJK}]+")
 
 
 def judgeable(text: str) -> bool:
-    """Whether a normalised text says enough for the classifier: two words, or four CJK characters
-    (a Chinese word is about two), or three different emoji ("💊❄️🍃"), or a mix of these. Below
+    """Whether a normalised text says enough for the classifier: two words (one of seven letters
+    or more counts as two: "whitepower", "gasthejews" run words together), or four CJK
+    characters (a Chinese word is about two), or three different emoji ("💊❄️🍃"), or a mix. Below
     that ("lol", "你好", "你是谁", "🔥🔥", a stray glyph) a handful of n-grams decide, and the
     classifier answers with confidence it has not earned; exact short terms (slurs, codes, "kys",
     "傻逼") are the rules'."""
     emoji = {ch for ch in text if unicodedata.category(ch) == "So"}
-    units = len(_LATIN_WORD.findall(text)) + len(_CJK_CHARS.findall(text)) / 2 + len(emoji) * 2 / 3
+    words = sum(2 if len(w) >= 7 else 1 for w in _LATIN_WORD.findall(text))
+    units = words + len(_CJK_CHARS.findall(text)) / 2 + len(emoji) * 2 / 3
     return units >= 2 - 1e-9
 
 

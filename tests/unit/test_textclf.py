@@ -266,7 +266,8 @@ def test_one_word_or_a_few_characters_are_left_to_the_rules() -> None:
     from moderation.settings import data_dir
 
     policy = load_policy(data_dir("policies") / "default.yaml")
-    assert _shipped().score_many(SHORT_HARMLESS + SHORT_HARMFUL) == [{}] * (len(SHORT_HARMLESS) + len(SHORT_HARMFUL))
+    assert _shipped().score_many(SHORT_HARMLESS) == [{}] * len(SHORT_HARMLESS)
+    assert not judgeable("kys") and not judgeable("傻逼") and not judgeable("去死吧")
     lexicon = Lexicon()
     for text in SHORT_HARMLESS:
         assert lexicon.score(normalise(text))[0] == {}, text
@@ -274,5 +275,7 @@ def test_one_word_or_a_few_characters_are_left_to_the_rules() -> None:
         scores = lexicon.score(normalise(text))[0]
         assert any(p >= policy.categories[c].review_at for c, p in scores.items()), (text, scores)
     # Two words, or four CJK characters, are judged.
-    assert all(judgeable(t) for t in ["send nudes", "新年快乐", "kys now", "我会杀了你"])
+    assert all(judgeable(t) for t in ["send nudes", "新年快乐", "kys now", "我会杀了你", "whitepower", "💊❄️🍃"])
+    assert _shipped().score("whitepower")["hate"] >= policy.categories["hate"].review_at  # words run together
+    assert lexicon.score(normalise("killyourself"))[0]["harassment"] >= 0.9
     assert _shipped().score("send nudes")["sexual"] >= policy.categories["sexual"].review_at
