@@ -73,7 +73,8 @@ class Lexicon:
         )
         # What text alone can rule out (the finding's coverage): `covers`, or else every category
         # with a rule. A rule elsewhere (a nudity term) is evidence, not coverage of pictures.
-        self.categories = sorted(data.get("covers") or {r.category for r in self.rules})
+        covers = data.get("covers")
+        self.categories = sorted(covers if covers is not None else {r.category for r in self.rules})
 
     def score(self, text: str) -> tuple[dict[str, float], dict[str, str], bool]:
         """(scores, the phrase behind each score, whether an idiom sits beside a risky phrase).
@@ -241,6 +242,15 @@ def map_detections(
     return scores, why
 
 
+_CONTENT = re.compile(r"[^\W_]")  # a letter, a digit or a CJK character
+
+
+def _stray(text: str) -> bool:
+    """A stray glyph or two ("一O", "上", "|l"): what OCR finds in the shapes and textures of a
+    plain photo. Fewer than three letters, digits or CJK characters in all."""
+    return len(_CONTENT.findall(text)) < 3
+
+
 def _judgeable(line: str) -> bool:
     """A line with enough words to be judged on its own: four words, or eight CJK characters."""
     return len(line.split()) >= 4 or len(re.findall(r"[\u3400-\u9fff]", line)) >= 8
@@ -390,6 +400,11 @@ class LiteAnalyzer(Analyzer):
         # as "A PICTURE" are not judged alone: a classifier is overconfident on two words.)
         own_lines = [t for t, _, _ in readable[:16] if _judgeable(t)] if len(ocr_text.split()) > 24 else []
         segments = [s for s in [item.caption or "", ocr_text, *own_lines] if s.strip()]
+        caption = normalise(item.caption or "")
+        if caption and ocr_text and not (judgeable(caption) and judgeable(normalise(ocr_text))):
+            # A message split between the caption and the picture ("我要砍" + "死你"), each part too
+            # short to judge alone, is judged whole.
+            segments.append(f"{item.caption} {ocr_text}")
         segments = list(dict.fromkeys(segments))
         if self.risk is not None:
             for segment, seg_scores in zip(
@@ -420,7 +435,7 @@ class LiteAnalyzer(Analyzer):
             confidence = 0.4  # an idiom sits beside a risky phrase: a human (or the VLM) should read it
         elif not complete or (
             # (A stray glyph or two that OCR finds in the shapes of a photo, "一O", is not text to doubt.)
-            judgeable(normalise(ocr_text)) and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())
+            readable and not _stray(ocr_text) and mean_ocr < 0.75 and any(v >= SCORE_FLOOR for v in scores.values())
         ):
             # Part of the image could not be read, or text was read poorly and what was read says
             # something: a human reads it. (OCR noise on a photo that says nothing is not held.)
