@@ -4,6 +4,7 @@
     .venv/bin/python bench/fit_text.py --write         # also policies/lite/textclf.npz, bench/reliability.png
     .venv/bin/python bench/fit_text.py --grid          # compare settings on the development set
     .venv/bin/python bench/fit_text.py --diagram       # redraw the diagram (after a policy change)
+    .venv/bin/python bench/fit_text.py --shipped       # report and suggest marks for the shipped weights
 
 Data (never the evaluation set `tests/data/eval_unseen/`, which no fitting code reads):
 - `policies/lite/train/*.jsonl` and the older hand-written `policies/lite/calibration.jsonl`
@@ -41,6 +42,7 @@ LITE = REPO / "policies" / "lite"
 TRAIN = [LITE / "train", LITE / "calibration.jsonl", LITE / "heldout.jsonl"]
 DEV = LITE / "dev" / "dev.jsonl"
 OUT = LITE / "textclf.npz"
+TUNED = LITE / "texttune.npz"
 
 
 class Fitted(TextClassifier):
@@ -54,6 +56,7 @@ class Fitted(TextClassifier):
         self.bucket_w = model.bucket_w.astype(np.float16)  # as saved
         self.knn_ref = np.round(model.knn_ref * 127).astype(np.int8).astype(np.float32) / 127.0  # as saved
         self.knn_labels, self.knn_w = model.knn_labels, model.knn_w
+        self.load_tuned(TUNED)  # the shipped tuned MiniLM beside it, as the analyzer scores
 
 
 def probs(clf: TextClassifier, rows: list[Row]) -> np.ndarray:
@@ -182,6 +185,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--grid", action="store_true")
     ap.add_argument("--diagram", action="store_true", help="only redraw bench/reliability.png for the shipped weights")
+    ap.add_argument("--shipped", action="store_true", help="report and suggest marks for the shipped weights (no fit)")
     ap.add_argument("--l2", type=float, default=1e-6)
     ap.add_argument("--emb-scale", type=float, default=1.0)
     args = ap.parse_args()
@@ -195,6 +199,14 @@ def main() -> None:
     rest, held = split(rows, 0.15)
     if args.diagram:
         diagram(TextClassifier(MiniLM(), OUT), held, policy, REPO / "bench" / "reliability.png")
+        return
+    if args.shipped:
+        shipped = TextClassifier(MiniLM(), OUT)
+        print(f"shipped weights {shipped.version}")
+        report("held-out shipped", shipped, held, marks)
+        report("dev shipped", shipped, dev, marks)
+        print("[marks shipped] on the held-out split and the development set together:")
+        suggest_marks(shipped, held + dev, marks)
         return
     print(f"texts: {len(rows)} ({len(rest)} fitted, {len(held)} held out), development set {len(dev)}")
     encoder = MiniLM()

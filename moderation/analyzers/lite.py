@@ -271,8 +271,9 @@ class LiteAnalyzer(Analyzer):
         data = settings.lite_dir if settings else LEXICON.parent
         lexicon = options.get("lexicon")
         path = Path(lexicon) if lexicon else data / "lexicon.yaml"
-        weights = data / "textclf.npz"
-        return f"lite-3.{_digest(path)}.{_digest(weights) if weights.exists() else 'none'}"
+        weights, tuned = data / "textclf.npz", data / "texttune.npz"
+        risk = _digest(weights) + (f"+{_digest(tuned)}" if tuned.exists() else "") if weights.exists() else "none"
+        return f"lite-3.{_digest(path)}.{risk}"
 
     def __init__(
         self,
@@ -472,7 +473,8 @@ class LiteAnalyzer(Analyzer):
                 "ms": f"{(time.perf_counter() - started) * 1000:.0f}",
                 "det_side": str(self.det_side),
                 "text_classifier": (
-                    f"textclf {self.risk.version}: all-MiniLM-L6-v2 + hashed n-grams (numpy), calibrated"
+                    f"textclf {self.risk.version}: all-MiniLM-L6-v2 + hashed n-grams"
+                    f"{' + tuned MiniLM' if self.risk.tuned is not None else ''} (numpy), calibrated"
                     if self.risk is not None
                     else "unavailable"
                 ),

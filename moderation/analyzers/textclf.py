@@ -13,8 +13,15 @@ Two views of each text feed one softmax regression over the categories of the ta
 
 The weights, the feature settings and a Platt calibration per category (fitted on out-of-fold
 predictions, so the probabilities mean what they say) live in one file,
-`policies/lite/textclf.npz`, written by `textfit.fit` (`python bench/fit_text.py`). Its digest is
-part of the lite analyzer's version and of the verdict-cache key. Inference is NumPy only.
+`policies/lite/textclf.npz`, written by `textfit.fit` (`python bench/fit_text.py`).
+
+For English, a second model votes: MiniLM itself tuned to the taxonomy (a low-rank update of its
+layers and a head, `bench/tune_text.py`, calibrated the same way), in `texttune.npz` beside the
+weights. The frozen embedding was trained to find paraphrases, not harm; the tuned one is
+trained to tell harm from its look-alikes. The two calibrated log-odds are averaged: on the
+held-out split and the development set this holds about half as much harmless English text as
+the linear model alone, at the same recall (bench/RESULTS.md). Both files' digests are part of
+the lite analyzer's version and of the verdict-cache key. Inference is NumPy only.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from moderation.settings import data_dir
 
 WEIGHTS = data_dir("policies") / "lite" / "textclf.npz"
+TUNED_NAME = "texttune.npz"  # the tuned MiniLM's adapter and head, beside the weights (bench/tune_text.py)
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _CJK_RUN = re.compile(f"[{_CJK}]+")
@@ -162,6 +170,18 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -40, 40))))
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return np.asarray(np.log(p / (1 - p)))
+
+
+def _class_logits(z: np.ndarray) -> np.ndarray:
+    """Softmax over the categories and `harmless` (the last column); each category's log-odds."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return _logit((e / e.sum(axis=1, keepdims=True))[:, :-1])
+
+
 class TextClassifier:
     """Calibrated P(category | text) for each category the weights file was trained on."""
 
@@ -188,6 +208,31 @@ class TextClassifier:
         self.knn_ref = np.asarray(data["knn_ref"], dtype=np.float32) / 127.0  # (N, 384), stored in int8
         self.knn_labels = np.asarray(data["knn_labels"], dtype=bool)  # (N, C + 1)
         self.knn_w = np.asarray(data["knn_w"], dtype=np.float32)  # (2 (C + 1), C + 1)
+        self.load_tuned(path.with_name(TUNED_NAME))
+
+    def load_tuned(self, path: Path) -> None:
+        """The second model, where its file lies beside the weights and the encoder can be tuned
+        (MiniLM; not a test double): MiniLM with the adapter of `bench/tune_text.py` and a head
+        over the categories, calibrated per category. Its digest joins the version.
+        Raises ValueError when its categories are not the linear model's."""
+        self.tuned: Any = None
+        if not path.exists() or not hasattr(self.encoder, "tuned"):
+            return
+        data = np.load(path, allow_pickle=False)
+        if [str(c) for c in data["categories"]] != self.categories:
+            raise ValueError(f"{path.name}: its categories are not those of the text classifier")
+        self.tuned = self.encoder.tuned(data)
+        self.head_w = np.asarray(data["head_w"], dtype=np.float32)  # (384, C + 1): the last is `harmless`
+        self.head_b = np.asarray(data["head_b"], dtype=np.float32)
+        self.head_scale = float(data["scale"])
+        self.head_platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2)
+        self.version += "+" + hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+    def tuned_probs(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), C): the tuned model's calibrated probabilities for normalised texts MiniLM
+        reads."""
+        z = (self.tuned.encode(list(texts)) * self.head_scale) @ self.head_w + self.head_b
+        return sigmoid(self.head_platt[:, 0] * _class_logits(z) + self.head_platt[:, 1])
 
     def logits(
         self, texts: Sequence[str], features: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
@@ -211,11 +256,8 @@ class TextClassifier:
         """Softmax over the categories and `harmless` (the last column), then each category's
         log-odds through its Platt calibration: the one for text MiniLM read where `readable[i]`,
         the one for text scored on n-grams alone (Chinese) elsewhere."""
-        z = np.asarray(z, dtype=np.float64)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = np.clip(e / e.sum(axis=1, keepdims=True), 1e-9, 1 - 1e-9)[:, :-1]
         ab = self.platt[np.where(readable, 0, 1)] if readable is not None else self.platt[0]
-        return sigmoid(ab[..., 0] * np.log(p / (1 - p)) + ab[..., 1])
+        return sigmoid(ab[..., 0] * _class_logits(z) + ab[..., 1])
 
     def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
         """Calibrated probability per category for each text (normalised here); {} for text with
@@ -228,6 +270,12 @@ class TextClassifier:
             texts = [normed[i] for i in keep]
             readable = np.array([embeddable(t) for t in texts])
             probs = self.calibrate(self.logits(texts, [features[i] for i in keep]), readable)
+            if self.tuned is not None and readable.any():
+                # Two models of English text, averaged in log-odds: the linear one on the frozen
+                # embedding, its neighbours and n-grams; the tuned MiniLM (bench/RESULTS.md).
+                rows = np.where(readable)[0]
+                both = _logit(probs[rows]) + _logit(self.tuned_probs([texts[r] for r in rows]))
+                probs[rows] = sigmoid(both / 2)
             for row, i in enumerate(keep):
                 out[i] = {c: round(float(p), 3) for c, p in zip(self.categories, probs[row], strict=True)}
         return out

@@ -205,7 +205,7 @@ NEIGHBOURS = [
     pytest.param(
         "allowed",
         "this dog has zero chill and I love him",
-        marks=pytest.mark.xfail(strict=True, reason="violence_gore 0.40 over its 0.2 mark: a known false positive"),
+        marks=pytest.mark.xfail(strict=True, reason="violence_gore 0.26 over its 0.25 mark: a known false positive"),
     ),
     ("allowed", "one more episode and I'm going to bed, I promise"),
     ("allowed", "one more coffee and I'll be able to finish this report"),
@@ -213,7 +213,9 @@ NEIGHBOURS = [
     pytest.param(
         "allowed",
         "if you see my hamster escaping please tell him to come home",
-        marks=pytest.mark.xfail(strict=True, reason="harassment 0.49 over its 0.15 mark: a known false positive"),
+        marks=pytest.mark.xfail(
+            strict=True, reason="violence_gore 0.51, harassment 0.40 over their marks: a known false positive"
+        ),
     ),
 ]
 
@@ -279,3 +281,74 @@ def test_one_word_or_a_few_characters_are_left_to_the_rules() -> None:
     assert _shipped().score("whitepower")["hate"] >= policy.categories["hate"].review_at  # words run together
     assert lexicon.score(normalise("killyourself"))[0]["harassment"] >= 0.9
     assert _shipped().score("send nudes")["sexual"] >= policy.categories["sexual"].review_at
+
+
+def _adapter(model: object, rank: int, seed: int) -> dict[str, np.ndarray]:
+    """A random low-rank adapter in texttune.npz's layout (layer norms as the base model's)."""
+    rng = np.random.default_rng(seed)
+    sizes = {"query": (384, 384), "key": (384, 384), "value": (384, 384), "out": (384, 384)}
+    sizes |= {"up": (1536, 384), "down": (384, 1536)}
+    out: dict[str, np.ndarray] = {"rank": np.array(rank), "alpha": np.array(2.0 * rank)}
+    for i, layer in enumerate(model.layers):  # type: ignore[attr-defined]
+        for k, (o, n) in sizes.items():
+            out[f"l{i}.{k}.A"] = rng.normal(0, 0.05, (rank, n)).astype(np.float16)
+            out[f"l{i}.{k}.B"] = rng.normal(0, 0.05, (o, rank)).astype(np.float16)
+        for k in ("ln1", "ln2"):
+            out[f"l{i}.{k}.w"], out[f"l{i}.{k}.b"] = layer[k][0] * 1.1, layer[k][1] + 0.01
+    return out
+
+
+def test_tuned_minilm_equals_the_merged_weights_and_shares_the_base() -> None:
+    """The adapter applied beside the weights (as shipped) gives what a model with the update
+    merged into them gives; the base model is left as it was, and its arrays are not copied."""
+    from moderation.analyzers.embed import MiniLM
+
+    base = MiniLM()
+    texts = ["one more word and you will regret it", "my cat sleeps all day"]
+    before = base.encode(texts)
+    adapter = _adapter(base, 4, 1)
+    tuned = base.tuned(adapter)
+    merged = MiniLM()
+    names = {"query": 0, "key": 1, "value": 2}
+    for i, layer in enumerate(merged.layers):
+
+        def delta(k: str, i: int = i) -> np.ndarray:
+            a, b = adapter[f"l{i}.{k}.A"].astype(np.float32), adapter[f"l{i}.{k}.B"].astype(np.float32)
+            return (b @ a * 2.0).T  # (in, out), as the layer stores its weights
+
+        for k, j in names.items():
+            layer["wqkv"][:, j * 384 : (j + 1) * 384] += delta(k)
+        layer["wo"] += delta("out")
+        layer["wi"] += delta("up")
+        layer["wo2"] += delta("down")
+        layer["ln1"] = (adapter[f"l{i}.ln1.w"], adapter[f"l{i}.ln1.b"])
+        layer["ln2"] = (adapter[f"l{i}.ln2.w"], adapter[f"l{i}.ln2.b"])
+    got, want = tuned.encode(texts), merged._encode(texts)
+    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(got - before).max() > 0.05  # the update changes the embedding
+    assert np.array_equal(base.encode(texts), before) and np.array_equal(base._encode(texts), before)
+    assert tuned.layers[0]["wqkv"] is base.layers[0]["wqkv"] and tuned.word is base.word
+
+
+def test_shipped_classifier_averages_the_tuned_model_for_english_only() -> None:
+    """The shipped classifier carries the tuned MiniLM (its digest in the version); Chinese text,
+    which MiniLM cannot read, is scored by the n-gram model alone."""
+    clf = TextClassifier()
+    assert clf.tuned is not None and "+" in clf.version
+    english, chinese = "one more word out of you and I'll put you in the hospital", "再说一句我就打断你的腿"
+    both = clf.score_many([english, chinese])
+    clf.tuned = None
+    alone = clf.score_many([english, chinese])
+    assert both[1] == alone[1]
+    assert both[0] != alone[0] and both[0]["violence_gore"] >= 0.2
+
+
+def test_tuned_file_must_name_the_same_categories(tmp_path: Path) -> None:
+    from moderation.analyzers.embed import MiniLM
+    from moderation.analyzers.textclf import TUNED_NAME, WEIGHTS
+
+    (tmp_path / "textclf.npz").write_bytes(WEIGHTS.read_bytes())
+    shipped = dict(np.load(WEIGHTS.with_name(TUNED_NAME), allow_pickle=False))
+    np.savez(tmp_path / TUNED_NAME, **{**shipped, "categories": np.array(["spam", "sexual"])})
+    with pytest.raises(ValueError, match="categories"):
+        TextClassifier(MiniLM(), tmp_path / "textclf.npz")
