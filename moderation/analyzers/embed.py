@@ -58,7 +58,6 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return np.asarray((x - mu) / np.sqrt(var + eps) * w + b)
 
 
-_MAPS = ("query", "key", "value", "out", "up", "down")  # the linear maps of a layer, as the adapter names them
 _WEIGHT = {"qkv": ("wqkv", "bqkv"), "o": ("wo", "bo"), "i": ("wi", "bi"), "o2": ("wo2", "bo2")}
 
 
@@ -122,29 +121,39 @@ class MiniLM:
         """This model with a low-rank update on every linear map and its own layer norms
         (`bench/tune_text.py` writes them): the base weights are shared, not copied, and the update
         is applied beside them, W x + B (A x), rather than merged, so the two models cost one set of
-        weights. Raises KeyError when `adapter` lacks a layer's arrays."""
+        weights. Raises ValueError when an array is missing, of the wrong shape or not finite."""
         other = copy.copy(self)
         other._last = threading.local()
-        scale = np.float32(float(adapter["alpha"]) / float(adapter["rank"]))
+        dim = self.word.shape[1]
 
-        def f(name: str) -> np.ndarray:
-            return np.asarray(adapter[name], dtype=np.float32)
+        def f(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            value = np.asarray(adapter[name], dtype=np.float32) if name in adapter else None
+            if value is None or value.shape != shape or not np.isfinite(value).all():
+                raise ValueError(f"adapter: {name} is missing, not of shape {shape} or not finite")
+            return value
 
+        rank = int(f("rank", ()))
+        if rank < 1:
+            raise ValueError(f"adapter: rank {rank}")
+        scale = np.float32(float(f("alpha", ())) / rank)
+        sizes = {"query": (dim, dim), "key": (dim, dim), "value": (dim, dim), "out": (dim, dim)}
+        sizes |= {"up": (dim, 4 * dim), "down": (4 * dim, dim)}  # (in, out) of each linear map
         layers = []
         for i, layer in enumerate(self.layers):
-            ab = {k: (f(f"l{i}.{k}.A").T, f(f"l{i}.{k}.B").T * scale) for k in _MAPS}
-            rank = ab["query"][0].shape[1]
+            ab = {
+                k: (f(f"l{i}.{k}.A", (rank, n)).T, f(f"l{i}.{k}.B", (o, rank)).T * scale) for k, (n, o) in sizes.items()
+            }
             # Query, key and value read the same input: one stacked A, a block-diagonal B.
-            b_qkv = np.zeros((3 * rank, 3 * self.word.shape[1]), dtype=np.float32)
+            b_qkv = np.zeros((3 * rank, 3 * dim), dtype=np.float32)
             for j, k in enumerate(("query", "key", "value")):
-                b_qkv[j * rank : (j + 1) * rank, j * self.word.shape[1] : (j + 1) * self.word.shape[1]] = ab[k][1]
+                b_qkv[j * rank : (j + 1) * rank, j * dim : (j + 1) * dim] = ab[k][1]
             lora = {
                 "qkv": (np.ascontiguousarray(np.concatenate([ab[k][0] for k in ("query", "key", "value")], 1)), b_qkv),
                 "o": ab["out"],
                 "i": ab["up"],
                 "o2": ab["down"],
             }
-            ln = {k: (f(f"l{i}.{k}.w"), f(f"l{i}.{k}.b")) for k in ("ln1", "ln2")}
+            ln = {k: (f(f"l{i}.{k}.w", (dim,)), f(f"l{i}.{k}.b", (dim,))) for k in ("ln1", "ln2")}
             layers.append({**layer, **ln, "lora": lora})
         other.layers = layers
         return other

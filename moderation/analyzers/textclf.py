@@ -27,6 +27,7 @@ the lite analyzer's version and of the verdict-cache key. Inference is NumPy onl
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import re
 import unicodedata
@@ -213,26 +214,36 @@ class TextClassifier:
     def load_tuned(self, path: Path) -> None:
         """The second model, where its file lies beside the weights and the encoder can be tuned
         (MiniLM; not a test double): MiniLM with the adapter of `bench/tune_text.py` and a head
-        over the categories, calibrated per category. Its digest joins the version.
-        Raises ValueError when its categories are not the linear model's."""
+        over the categories, calibrated per category. Its digest joins the version (the file is
+        read once: the digest names what was loaded). Raises ValueError when its categories are
+        not the linear model's, or an array has the wrong shape or a value that is not finite."""
         self.tuned: Any = None
         if not path.exists() or not hasattr(self.encoder, "tuned"):
             return
-        data = np.load(path, allow_pickle=False)
-        if [str(c) for c in data["categories"]] != self.categories:
+        raw = path.read_bytes()
+        data = dict(np.load(io.BytesIO(raw), allow_pickle=False))
+        if [str(c) for c in data.get("categories", [])] != self.categories:
             raise ValueError(f"{path.name}: its categories are not those of the text classifier")
+        k = len(self.categories)
+        shapes = {"head_w": (384, k + 1), "head_b": (k + 1,), "platt": (k, 2), "scale": ()}
+        for name, shape in shapes.items():
+            if name not in data or data[name].shape != shape or not np.isfinite(data[name]).all():
+                raise ValueError(f"{path.name}: {name} is missing, not of shape {shape} or not finite")
         self.tuned = self.encoder.tuned(data)
         self.head_w = np.asarray(data["head_w"], dtype=np.float32)  # (384, C + 1): the last is `harmless`
         self.head_b = np.asarray(data["head_b"], dtype=np.float32)
         self.head_scale = float(data["scale"])
         self.head_platt = np.asarray(data["platt"], dtype=np.float64)  # (C, 2)
-        self.version += "+" + hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        self.version += "+" + hashlib.sha256(raw).hexdigest()[:8]
 
     def tuned_probs(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), C): the tuned model's calibrated probabilities for normalised texts MiniLM
-        reads."""
+        reads. Raises ValueError when a probability is not finite (the stage then fails closed)."""
         z = (self.tuned.encode(list(texts)) * self.head_scale) @ self.head_w + self.head_b
-        return sigmoid(self.head_platt[:, 0] * _class_logits(z) + self.head_platt[:, 1])
+        probs = sigmoid(self.head_platt[:, 0] * _class_logits(z) + self.head_platt[:, 1])
+        if not np.isfinite(probs).all():
+            raise ValueError("the tuned text model gave a score that is not a number")
+        return probs
 
     def logits(
         self, texts: Sequence[str], features: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
@@ -270,10 +281,12 @@ class TextClassifier:
             texts = [normed[i] for i in keep]
             readable = np.array([embeddable(t) for t in texts])
             probs = self.calibrate(self.logits(texts, [features[i] for i in keep]), readable)
-            if self.tuned is not None and readable.any():
-                # Two models of English text, averaged in log-odds: the linear one on the frozen
-                # embedding, its neighbours and n-grams; the tuned MiniLM (bench/RESULTS.md).
-                rows = np.where(readable)[0]
+            # Two models of English text, averaged in log-odds: the linear one on the frozen
+            # embedding, its neighbours and n-grams; the tuned MiniLM (bench/RESULTS.md). Only
+            # text without CJK: the tuned model was trained on English alone, and English filler
+            # around Chinese would let it outvote the n-grams that read the Chinese.
+            rows = np.array([i for i, t in enumerate(texts) if readable[i] and not _CJK_CHARS.search(t)], dtype=int)
+            if self.tuned is not None and len(rows):
                 both = _logit(probs[rows]) + _logit(self.tuned_probs([texts[r] for r in rows]))
                 probs[rows] = sigmoid(both / 2)
             for row, i in enumerate(keep):

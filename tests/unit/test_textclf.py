@@ -332,15 +332,63 @@ def test_tuned_minilm_equals_the_merged_weights_and_shares_the_base() -> None:
 
 def test_shipped_classifier_averages_the_tuned_model_for_english_only() -> None:
     """The shipped classifier carries the tuned MiniLM (its digest in the version); Chinese text,
-    which MiniLM cannot read, is scored by the n-gram model alone."""
+    which MiniLM cannot read, is scored by the n-gram model alone, also when English filler
+    around it makes the line readable (the tuned model, trained on English, would outvote the
+    n-grams that read the Chinese)."""
+    from moderation.policy import load_policy
+    from moderation.settings import data_dir
+
+    policy = load_policy(data_dir("policies") / "default.yaml")
     clf = TextClassifier()
     assert clf.tuned is not None and "+" in clf.version
     english, chinese = "one more word out of you and I'll put you in the hospital", "再说一句我就打断你的腿"
-    both = clf.score_many([english, chinese])
-    clf.tuned = None
-    alone = clf.score_many([english, chinese])
-    assert both[1] == alone[1]
-    assert both[0] != alone[0] and both[0]["violence_gore"] >= 0.2
+    texts = [
+        english,
+        chinese,
+        "lol " * 13 + chinese,
+        "screenshot from the group chat today, what do you think? " + chinese,
+        "translation below: " + chinese,
+    ]
+    both = clf.score_many(texts)
+    tuned, clf.tuned = clf.tuned, None
+    alone = clf.score_many(texts)
+    assert both[1:] == alone[1:]
+    assert both[0] != alone[0] and both[0]["violence_gore"] >= policy.categories["violence_gore"].review_at
+    clf.tuned = tuned
+    clf.head_w = clf.head_w * np.float32(np.nan)  # a broken model fails the call (the stage fails closed)
+    with pytest.raises(ValueError, match="not a number"):
+        clf.score_many([english])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"l0.query.B": "inf"},
+        {"head_w": "nan"},
+        {"l3.up.A": "short"},
+        {"platt": "short"},
+        {"rank": 0},
+        {"l5.ln2.w": None},
+    ],
+)
+def test_a_broken_tuned_file_is_refused_when_loaded(tmp_path: Path, change: dict[str, object]) -> None:
+    from moderation.analyzers.embed import MiniLM
+    from moderation.analyzers.textclf import TUNED_NAME, WEIGHTS
+
+    (tmp_path / "textclf.npz").write_bytes(WEIGHTS.read_bytes())
+    arrays = dict(np.load(WEIGHTS.with_name(TUNED_NAME), allow_pickle=False))
+    for name, how in change.items():
+        if how is None:
+            del arrays[name]
+        elif how == "short":
+            arrays[name] = arrays[name][:-1]
+        elif isinstance(how, str):
+            arrays[name] = np.full_like(arrays[name], float(how))
+        else:
+            arrays[name] = np.array(how)
+    np.savez(tmp_path / TUNED_NAME, **arrays)
+    with pytest.raises(ValueError):
+        TextClassifier(MiniLM(), tmp_path / "textclf.npz")
 
 
 def test_tuned_file_must_name_the_same_categories(tmp_path: Path) -> None:
