@@ -34,14 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.fit_text import TRAIN, TUNED  # noqa: E402  (the same texts and split as the linear model)
 from moderation.analyzers.embed import MiniLM, _safetensors  # noqa: E402
 from moderation.analyzers.textclf import embeddable, normalise  # noqa: E402
 from moderation.analyzers.textfit import Row, load_rows, platt, split  # noqa: E402
 
-LITE = REPO / "policies" / "lite"
-TRAIN = [LITE / "train", LITE / "calibration.jsonl", LITE / "heldout.jsonl"]
-DEV = LITE / "dev" / "dev.jsonl"
-OUT = LITE / "texttune.npz"
+OUT = TUNED
 MAPS = ("query", "key", "value", "out", "up", "down")
 RANK, ALPHA, SCALE, MAX_TOKENS = 16, 32.0, 20.0, 64
 
