@@ -136,6 +136,10 @@ def embeddable(text: str) -> bool:
 _CJK_CHARS = re.compile(f"[{_CJK}]")
 
 
+def _cjk_count(text: str) -> int:
+    return len(_CJK_CHARS.findall(text))
+
+
 def embeddings(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     """The sentence embedding of each text MiniLM can read; zeros for the rest."""
     out = np.zeros((len(texts), 384), dtype=np.float32)
@@ -282,10 +286,12 @@ class TextClassifier:
             readable = np.array([embeddable(t) for t in texts])
             probs = self.calibrate(self.logits(texts, [features[i] for i in keep]), readable)
             # Two models of English text, averaged in log-odds: the linear one on the frozen
-            # embedding, its neighbours and n-grams; the tuned MiniLM (bench/RESULTS.md). Only
-            # text without CJK: the tuned model was trained on English alone, and English filler
-            # around Chinese would let it outvote the n-grams that read the Chinese.
-            rows = np.array([i for i, t in enumerate(texts) if readable[i] and not _CJK_CHARS.search(t)], dtype=int)
+            # embedding, its neighbours and n-grams; the tuned MiniLM (bench/RESULTS.md). Not on
+            # text with Chinese in it: the tuned model was trained on English alone, and English
+            # filler around Chinese would let it outvote the n-grams that read the Chinese. Two
+            # CJK characters or fewer are OCR's stray glyphs ("国13:40" off a status bar), and a
+            # term that short is the rules' (textclf.judgeable).
+            rows = np.array([i for i, t in enumerate(texts) if readable[i] and _cjk_count(t) <= 2], dtype=int)
             if self.tuned is not None and len(rows):
                 both = _logit(probs[rows]) + _logit(self.tuned_probs([texts[r] for r in rows]))
                 probs[rows] = sigmoid(both / 2)

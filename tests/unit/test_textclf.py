@@ -354,6 +354,12 @@ def test_shipped_classifier_averages_the_tuned_model_for_english_only() -> None:
     alone = clf.score_many(texts)
     assert both[1:] == alone[1:]
     assert both[0] != alone[0] and both[0]["violence_gore"] >= policy.categories["violence_gore"].review_at
+    # One or two stray glyphs that OCR reads off a status bar do not bar the tuned model.
+    stray = ["国13:40 I'm dead this is the funniest thing I've seen all week", "國3国 no smoking near the entrance"]
+    clf.tuned = tuned
+    voted = clf.score_many(stray)
+    clf.tuned = None
+    assert all(v != a for v, a in zip(voted, clf.score_many(stray), strict=True))
     clf.tuned = tuned
     clf.head_w = clf.head_w * np.float32(np.nan)  # a broken model fails the call (the stage fails closed)
     with pytest.raises(ValueError, match="not a number"):
