@@ -71,7 +71,7 @@ bench: $(BIN)/.dev
 ## cascade by `moderation eval` (OCR, rules, text classifier; add ENGINE=transformers for the VLM).
 ENGINE ?=
 eval: $(BIN)/.installed
-	@bash .ci/fonts.sh || echo "warning: the CJK font is missing; Chinese texts render as boxes"
+	@bash .ci/fonts.sh || echo "warning: fonts are missing; render_texts.py will stop and name them"
 	$(BIN)/python bench/render_texts.py var/eval-set
 	$(BIN)/moderation eval var/eval-set --policy default $(if $(ENGINE),--engine $(ENGINE)) \
 		--report var/eval-report.md --json var/eval-report.json

@@ -5,9 +5,10 @@
 Each text of FILE (default: the evaluation set `tests/data/eval_unseen/texts.jsonl`, lines
 `{"id", "lang", "text", "category"}` or `{"text", "labels": [...]}`) becomes one image, with a
 layout (meme with top/bottom text, chat bubble, social-media post, poster, sticker on a photo-like
-background), a font (whatever DejaVu, Liberation and WenQuanYi faces the machine has), colours,
-a background (flat, gradient, noise, random shapes), a slight rotation, sensor noise and a JPEG
-quality between 35 and 95 drawn at random from the seed: the same seed gives the same images.
+background), a font (from a pinned list of DejaVu, Liberation and WenQuanYi faces, which
+`.ci/fonts.sh` installs), colours, a background (flat, gradient, noise, random shapes), a
+slight rotation, sensor noise and a JPEG quality between 35 and 95 drawn at random from the
+seed: the same seed gives the same images, on any machine with those fonts.
 
 Writes OUT_DIR/images/*.jpg and OUT_DIR/labels.csv (`file,labels,lang,id`; `labels` separated by
 `;`, empty for harmless), the input `moderation eval OUT_DIR` reads.
@@ -28,16 +29,33 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "tests" / "data" / "eval_unseen" / "texts.jsonl"
-FONT_DIRS = [Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype")]
+FONT_ROOT = Path("/usr/share/fonts/truetype")
+# A fixed list of faces (the packages `.ci/fonts.sh` installs), so that the same seed draws the same
+# images on every machine, whatever other fonts (Chromium's, say) happen to be installed.
+_STYLES = ("", "-Bold", "-Oblique", "-BoldOblique")
+LATIN_FONTS = (
+    [f"dejavu/DejaVuSans{s}.ttf" for s in (*_STYLES, "-ExtraLight")]
+    + [f"dejavu/DejaVuSansCondensed{s}.ttf" for s in _STYLES]
+    + [f"dejavu/DejaVuSansMono{s}.ttf" for s in _STYLES]
+    + [f"dejavu/DejaVuSerif{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")]
+    + [f"dejavu/DejaVuSerifCondensed{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")]
+    + [
+        f"liberation2/Liberation{f}-{s}.ttf"
+        for f in ("Sans", "Serif", "Mono")
+        for s in ("Regular", "Bold", "Italic", "BoldItalic")
+    ]
+)
+CJK_FONTS = ["wqy/wqy-zenhei.ttc", "wqy/wqy-microhei.ttc"]
 LAYOUTS = ("meme", "chat", "post", "poster", "sticker")
 
 
 def fonts(cjk: bool) -> list[str]:
-    """Font files on this machine that can draw the text (CJK needs a CJK face)."""
-    found = [str(p) for d in FONT_DIRS if d.exists() for p in sorted(d.rglob("*.tt[fc]"))]
-    if cjk:
-        return [f for f in found if any(k in f.lower() for k in ("wqy", "noto", "droid", "cjk", "zenhei", "microhei"))]
-    return [f for f in found if any(k in f.lower() for k in ("dejavu", "liberation", "freefont", "noto"))]
+    """The pinned font files that can draw the text (CJK needs a CJK face); all must be installed."""
+    names = CJK_FONTS if cjk else LATIN_FONTS
+    missing = [n for n in names if not (FONT_ROOT / n).is_file()]
+    if missing:
+        raise SystemExit(f"render_texts: fonts missing ({', '.join(missing)}); run `bash .ci/fonts.sh`")
+    return [str(FONT_ROOT / n) for n in names]
 
 
 def wrap(text: str, width: int, cjk: bool) -> list[str]:
@@ -98,7 +116,7 @@ def draw_block(
 
 def render(text: str, lang: str, rng: random.Random) -> Image.Image:
     cjk = lang == "zh" or any("\u4e00" <= ch <= "\u9fff" for ch in text)
-    faces = fonts(cjk) or fonts(False)
+    faces = fonts(cjk)
     face = rng.choice(faces)
     layout = rng.choice(LAYOUTS)
     w = rng.choice((640, 720, 800, 1024))

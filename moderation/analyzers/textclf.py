@@ -180,7 +180,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
-def _class_logits(z: np.ndarray) -> np.ndarray:
+def class_logits(z: np.ndarray) -> np.ndarray:
     """Softmax over the categories and `harmless` (the last column); each category's log-odds."""
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -196,8 +196,9 @@ class TextClassifier:
 
             encoder = MiniLM()
         self.encoder = encoder
-        data = np.load(path, allow_pickle=False)
-        self.version = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        raw = path.read_bytes()  # read once: the digest names what was loaded
+        data = np.load(io.BytesIO(raw), allow_pickle=False)
+        self.version = hashlib.sha256(raw).hexdigest()[:8]
         self.categories: list[str] = [str(c) for c in data["categories"]]
         self.bits = int(data["bits"])
         self.emb_scale = float(data["emb_scale"])
@@ -244,7 +245,7 @@ class TextClassifier:
         """(len(texts), C): the tuned model's calibrated probabilities for normalised texts MiniLM
         reads. Raises ValueError when a probability is not finite (the stage then fails closed)."""
         z = (self.tuned.encode(list(texts)) * self.head_scale) @ self.head_w + self.head_b
-        probs = sigmoid(self.head_platt[:, 0] * _class_logits(z) + self.head_platt[:, 1])
+        probs = sigmoid(self.head_platt[:, 0] * class_logits(z) + self.head_platt[:, 1])
         if not np.isfinite(probs).all():
             raise ValueError("the tuned text model gave a score that is not a number")
         return probs
@@ -272,7 +273,7 @@ class TextClassifier:
         log-odds through its Platt calibration: the one for text MiniLM read where `readable[i]`,
         the one for text scored on n-grams alone (Chinese) elsewhere."""
         ab = self.platt[np.where(readable, 0, 1)] if readable is not None else self.platt[0]
-        return sigmoid(ab[..., 0] * _class_logits(z) + ab[..., 1])
+        return sigmoid(ab[..., 0] * class_logits(z) + ab[..., 1])
 
     def score_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
         """Calibrated probability per category for each text (normalised here); {} for text with

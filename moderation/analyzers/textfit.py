@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from moderation.analyzers.textclf import Encoder, embeddings, hashed, neighbours, normalise, sigmoid
+from moderation.analyzers.textclf import Encoder, class_logits, embeddings, hashed, neighbours, normalise, sigmoid
 
 
 @dataclass(frozen=True)
@@ -136,11 +136,6 @@ class Design:
         return np.unique(np.concatenate([self.sparse[r][0] for r in rows] or [np.zeros(0, np.int64)]))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
 def _multinomial(X: Any, T: np.ndarray, sw: np.ndarray, l2: float, maxiter: int) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression over the categories and `harmless` (targets `T`, rows summing to 1,
     sample weights `sw`) with an L2 penalty (not on the biases), by L-BFGS."""
@@ -170,12 +165,6 @@ def targets(rows: Sequence[Row], idx: Sequence[int], categories: Sequence[str]) 
     return np.array(
         [[1.0 if c in rows[i].labels or (c == "" and not rows[i].labels) else 0.0 for c in classes] for i in idx]
     )
-
-
-def class_logits(z: np.ndarray) -> np.ndarray:
-    """Per category, the log-odds of its softmax probability (the last column is `harmless`)."""
-    p = np.clip(_softmax(z), 1e-9, 1 - 1e-9)
-    return np.asarray(np.log(p / (1 - p))[:, :-1])
 
 
 def platt(z: np.ndarray, y: np.ndarray, steps: int = 50) -> tuple[float, float]:
