@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import yaml
 from PIL import Image
 
 from moderation.analyzers.base import AnalysisInput, Analyzer, Finding
+from moderation.analyzers.language import LanguageCheck
 from moderation.analyzers.textclf import judgeable
 from moderation.settings import Settings, data_dir
 
@@ -35,6 +37,7 @@ LEXICON = data_dir("policies") / "lite" / "lexicon.yaml"
 MIN_TEXT_SIDE = 8  # px: images (or strips) thinner than this are not read
 NUDITY = data_dir("policies") / "lite" / "nudity.yaml"
 TEXTCLF = data_dir("policies") / "lite" / "textclf.npz"
+UNREAD_LINE_SCORE = 0.7  # the detector's confidence for a line of text it found and could not read
 SCORE_FLOOR = 0.05  # below this the text says nothing (every review mark of the default policy is above)
 
 
@@ -260,9 +263,20 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
 
 
+def _line_like(box: Any, size: tuple[int, int]) -> bool:
+    """A detected box shaped like a line of caption-sized text: at least 12 px and at most a
+    quarter of the image's short side high, twice as wide as high. Not a speck of texture, and
+    not the whole picture (the detector outlines gradients and noise that way)."""
+    pts = np.asarray(box, dtype=float)
+    width, height = np.ptp(pts[:, 0]), np.ptp(pts[:, 1])
+    return bool(12 <= height <= min(size) / 4 and width >= 2 * height)
+
+
 class LiteAnalyzer(Analyzer):
     name = "lite"
-    version = "lite-3"  # an instance names its lexicon and classifier: lite-3.<lexicon>.<textclf>
+    # An instance names its lexicon, classifier and language lists: lite-4.<lexicon>.<textclf>.<languages>.
+    # lite-4: text in a language it does not read is no longer scored with confidence (language.py).
+    version = "lite-4"
 
     @classmethod
     def identity(cls, options: dict[str, Any], settings: Any) -> str:
@@ -273,7 +287,8 @@ class LiteAnalyzer(Analyzer):
         path = Path(lexicon) if lexicon else data / "lexicon.yaml"
         weights, tuned = data / "textclf.npz", data / "texttune.npz"
         risk = _digest(weights) + (f"+{_digest(tuned)}" if tuned.exists() else "") if weights.exists() else "none"
-        return f"lite-3.{_digest(path)}.{risk}"
+        languages = data / "languages.yaml"
+        return f"{cls.version}.{_digest(path)}.{risk}.{_digest(languages) if languages.exists() else 'none'}"
 
     def __init__(
         self,
@@ -319,9 +334,12 @@ class LiteAnalyzer(Analyzer):
         from rapidocr import RapidOCR
 
         self.lexicon = Lexicon(Path(lexicon) if lexicon else data / "lexicon.yaml")
-        self.version = f"lite-3.{self.lexicon.version}.{self.risk.version if self.risk is not None else 'none'}"
+        risk = self.risk.version if self.risk is not None else "none"
+        self.languages = LanguageCheck(data / "languages.yaml")
+        self.version = f"{LiteAnalyzer.version}.{self.lexicon.version}.{risk}.{self.languages.version}"
         self.max_frames = max_frames
         self.det_side = det_side
+        self._ocr_lock = threading.Lock()
         self.ocr = RapidOCR(
             params={
                 "Global.use_cls": False,  # memes and screenshots are upright; the classifier costs time
@@ -361,19 +379,49 @@ class LiteAnalyzer(Analyzer):
         complete = True
         for offset, tile in tiles:
             try:
-                result: Any = self.ocr(np.asarray(tile.convert("RGB"))[:, :, ::-1].copy())  # BGR, as OpenCV reads
+                result: Any = self._ocr(tile, rec=True)
             except Exception:  # e.g. a tile too thin for the detector: unread, and the finding says so
                 complete = False
                 continue
-            if result.txts is None:
-                continue
             dx, dy = (0, offset) if h >= w else (offset, 0)
-            for text, score, box in zip(result.txts, result.scores, result.boxes, strict=False):
+            if getattr(result, "txts", None) is None:
+                # Not one character read. The recogniser knows Latin and Chinese letters, not
+                # Cyrillic, Arabic or Devanagari: lines the detector alone finds are kept as unread
+                # lines ("", 0.0), so that the finding does not say "no text".
+                result_lines = [("", 0.0, box) for box in self._unread_lines(tile, result)]
+            else:
+                result_lines = list(zip(result.txts, result.scores, result.boxes, strict=False))
+            for text, score, box in result_lines:
                 pts = np.asarray(box, dtype=float)
                 x0, y0 = (pts[:, 0].min() + dx) / w, (pts[:, 1].min() + dy) / h
                 x1, y1 = (pts[:, 0].max() + dx) / w, (pts[:, 1].max() + dy) / h
                 lines.append((str(text), float(score), (x0, y0, x1, y1)))
         return lines, complete
+
+    def _ocr(self, tile: Image.Image, rec: bool) -> Any:
+        """One OCR call on a tile (BGR, as OpenCV reads). RapidOCR keeps the flags of its last
+        call: every call names them, under a lock, so a detection-only pass never leaves the
+        next read without recognition, whichever thread makes it."""
+        bgr = np.asarray(tile.convert("RGB"))[:, :, ::-1].copy()
+        with self._ocr_lock:
+            return self.ocr(bgr, use_det=True, use_cls=False, use_rec=rec)
+
+    def _unread_lines(self, tile: Image.Image, result: Any) -> list[Any]:
+        """Boxes of caption-sized lines the text detector found in a tile where nothing was read:
+        those of `result` when the OCR kept them (it does when recognition failed outright), else
+        from a detection pass of its own (a photo without text costs one more, ~50 ms)."""
+        det: Any = result
+        if getattr(det, "boxes", None) is None:
+            try:
+                det = self._ocr(tile, rec=False)
+            except Exception:
+                return []
+        boxes, scores = getattr(det, "boxes", None), getattr(det, "scores", None)
+        if boxes is None or scores is None:
+            return []
+        return [
+            box for box, s in zip(boxes, scores, strict=False) if s >= UNREAD_LINE_SCORE and _line_like(box, tile.size)
+        ]
 
     # ------------------------------------------------------------ analysis
 
@@ -441,6 +489,17 @@ class LiteAnalyzer(Analyzer):
             # Part of the image could not be read, or text was read poorly and what was read says
             # something: a human reads it. (OCR noise on a photo that says nothing is not held.)
             confidence = 0.55
+        # Text in a language the rules and the classifier were not made for (language.py): its
+        # low scores say nothing, so the finding does not claim them with confidence. The policy
+        # then sends it on (the VLM reads many languages; else a human).
+        # Each segment alone too: one Russian line in a page of English chat is still unread.
+        foreign = next((u for seg in segments if (u := self.languages.unread(seg)) is not None), None)
+        if foreign is None and any(not t for t, _, _ in lines):
+            foreign = "text the OCR could not read (a script other than Latin or Chinese)"
+        if foreign is not None:
+            confidence = min(confidence, 0.55)
+            for c in self.lexicon.categories:
+                scores.setdefault(c, 0.0)  # a finding without scores would not count as unsure
         if self.nudity is not None:
             seen, nude_why = self.nudity.scores(item.image)
             for c, s in seen.items():
@@ -451,6 +510,8 @@ class LiteAnalyzer(Analyzer):
         rationale = dict(why)
         if injected:
             rationale["prompt_injection"] = f"text addressed to a model or moderator: {injected!r}"
+        if foreign is not None:
+            rationale["unread_language"] = f"text in a language the lite analyzer does not read: {foreign}"
         if talk:
             rationale["moderation_talk"] = f"text about this image's moderation: {talk!r}"
         return Finding(

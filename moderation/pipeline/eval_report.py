@@ -27,6 +27,10 @@ def _rate(r: dict[str, Any]) -> str:
     return f"{r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {_fmt(tuple(r['ci95']))})"
 
 
+def _recall(r: dict[str, Any] | None) -> str:
+    return "-" if not r or r.get("rate") is None else f"{r['rate']:.2f} ({r['k']}/{r['n']})"
+
+
 def tables(runs: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report."""
     out: list[tuple[str, list[str], list[list[str]]]] = []
@@ -58,6 +62,18 @@ def tables(runs: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, list[s
                     [
                         [lang, _rate(v["harmful_allowed"]), _rate(v["harmless_held"])]
                         for lang, v in s["languages"].items()
+                    ],
+                )
+            )
+            langs = list(s["languages"])
+            out.append(
+                (
+                    f"{name}: recall at the review mark, by language",
+                    ["category", *langs],
+                    [
+                        [c, *(_recall(s["languages"][lang].get("recall", {}).get(c)) for lang in langs)]
+                        for c in s["categories"]
+                        if any(s["languages"][lang].get("recall", {}).get(c) for lang in langs)
                     ],
                 )
             )

@@ -235,9 +235,17 @@ def summarise(results: Sequence[Result], policy: Policy, wall_s: float) -> dict[
     for lang in sorted({r.item.lang for r in results if r.item.lang}):
         h = [r for r in harmful if r.item.lang == lang]
         ok = [r for r in harmless if r.item.lang == lang]
+        labelled = {c: [r for r in h if c in r.item.labels] for c in cats}
         by_lang[lang] = {
             "harmful_allowed": _rate(sum(r.action == "allow" for r in h), len(h)),
             "harmless_held": _rate(sum(r.action != "allow" for r in ok), len(ok)),
+            # Recall at the review mark per category, in this language alone: a language's gap is
+            # not hidden by another's strength.
+            "recall": {
+                c: _rate(sum(r.scores.get(c, 0.0) >= policy.categories[c].review_at for r in rs), len(rs))
+                for c, rs in labelled.items()
+                if rs
+            },
         }
     wrong = [
         {

@@ -103,3 +103,22 @@ def test_reports_escape_what_file_names_carry(tmp_path: Path) -> None:
     md, page = markdown("t", [("run", figures)]), html_page("t", [("run", figures)])
     assert "<img" not in md and "&lt;img" in md and "\\|" in md
     assert "<img" not in page and "&lt;img" in page
+
+
+def test_recall_is_reported_per_language_and_category(tmp_path: Path) -> None:
+    mark = POLICY.categories["drugs"].review_at
+    items = [
+        (Labelled(image(tmp_path / "e1.png"), frozenset({"drugs"}), "en"), {"drugs": mark}),  # at the mark: caught
+        (Labelled(image(tmp_path / "e2.png"), frozenset({"drugs", "spam"}), "en"), {"spam": 0.99}),  # drugs missed
+        (Labelled(image(tmp_path / "z1.png"), frozenset({"drugs"}), "zh"), {"drugs": 0.99}),
+        (Labelled(image(tmp_path / "z2.png"), frozenset(), "zh"), {}),
+    ]
+    answers = iter(Finding("scripted", "1", "lite", scores=s, covered=CATS) for _, s in items)
+    figures = summarise(run([i for i, _ in items], POLICY, lambda stage: Scripted(next(answers))), POLICY, 1.0)
+    en, zh = figures["languages"]["en"]["recall"], figures["languages"]["zh"]["recall"]
+    assert (en["drugs"]["k"], en["drugs"]["n"], en["spam"]["k"]) == (1, 2, 1) and set(en) == {"drugs", "spam"}
+    assert (zh["drugs"]["k"], zh["drugs"]["n"]) == (1, 1) and set(zh) == {"drugs"}  # harmless rows add nothing
+    assert figures["categories"]["drugs"]["recall"] == round(2 / 3, 3)
+    md = markdown("t", [("run", figures)])
+    assert "recall at the review mark, by language" in md
+    assert "| drugs | 0.50 (1/2) | 1.00 (1/1) |" in md and "| spam | 1.00 (1/1) | - |" in md

@@ -12,7 +12,8 @@ from bench.meme_hashes import meme, template
 from moderation.analyzers.base import AnalysisInput
 from moderation.analyzers.lite import Lexicon, LiteAnalyzer, normalise
 from moderation.intake.images import sample_frames
-from moderation.policy import TAXONOMY
+from moderation.policy import TAXONOMY, evaluate, load_policy
+from moderation.settings import data_dir
 
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 LATIN_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
@@ -231,11 +232,45 @@ def test_a_policies_folder_without_classifier_weights_runs_on_the_rules(tmp_path
 
     lite_dir = tmp_path / "lite"
     shutil.copytree(
-        data_dir("policies") / "lite", lite_dir, ignore=shutil.ignore_patterns("textclf.npz", "train", "dev")
+        data_dir("policies") / "lite",
+        lite_dir,
+        ignore=shutil.ignore_patterns("textclf.npz", "languages.yaml", "train", "dev"),
     )
     settings = Settings(lite_dir=lite_dir)
     analyzer = Lite(nudity=False, settings=settings)
-    assert analyzer.risk is None and analyzer.version.endswith(".none")
+    assert analyzer.risk is None and analyzer.version.endswith(".none.none")  # no classifier, no word lists
     assert Lite.identity({}, settings) == analyzer.version  # the cache key names what runs
     f = run(analyzer, Image.new("RGB", (200, 100)), caption="i know where you live")
     assert f.error is None and f.scores["harassment"] >= 0.9 and f.model["text_classifier"] == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("top", "bottom", "caption"),
+    [
+        ("CUANDO TU JEFE", "TE DICE QUE NO HAY AUMENTO", None),  # Spanish, read off the picture
+        ("QUAND TU VOIS", "QUE C'EST LUNDI", None),  # French
+        (None, None, "я знаю где ты живёшь"),  # Russian, in the caption
+        ("Я ЗНАЮ ГДЕ ТЫ ЖИВЁШЬ", "ЖДИ ГОСТЕЙ", None),  # Cyrillic on the picture: OCR reads none of it
+        ("سأجدك", "انتظرني الليلة", None),  # Arabic on the picture
+        (None, None, "seni bulacağım"),  # noqa: RUF001 (Turkish, two words, with its dotless i)
+    ],
+)
+def test_text_in_a_language_it_does_not_read_is_not_judged_with_confidence(lite, top, bottom, caption) -> None:
+    image = meme(template(3), top, bottom) if top else Image.new("RGB", (400, 300), (90, 120, 160))
+    f = run(lite, image, caption=caption)
+    assert f.confidence < 0.6 and "unread_language" in f.rationale and f.scores
+    policy = load_policy(data_dir("policies") / "default.yaml")
+    assert evaluate(policy, [f]).action != "allow"  # a human (or the VLM) reads it
+
+
+def test_a_detection_only_pass_leaves_the_next_image_read(lite) -> None:
+    # The pass that looks for unread lines must not leave the OCR without recognition.
+    unread = run(lite, meme(template(5), "ЖДИ ГОСТЕЙ", "СЕГОДНЯ"))
+    assert unread.ocr_text is None and "unread_language" in unread.rationale
+    f = run(lite, meme(template(6), "WHEN THE WIFI", "COMES BACK"))
+    assert f.ocr_text == "WHEN THE WIFI COMES BACK" and "unread_language" not in f.rationale
+
+
+def test_english_with_a_foreign_phrase_is_still_read(lite) -> None:
+    f = run(lite, meme(template(4), "HASTA LA VISTA", "BABY"), caption="bon appétit, it's taco tuesday")
+    assert "unread_language" not in f.rationale and f.confidence >= 0.6, (f.ocr_text, f.rationale)
