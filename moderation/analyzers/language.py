@@ -30,45 +30,30 @@ from typing import Any
 import yaml
 
 _LATIN_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
-# Scripts read by unicodedata's names of letters; Latin and Chinese (CJK) are read.
-_SCRIPT_NAMES = {
-    "CYRILLIC": "Cyrillic script",
-    "GREEK": "Greek script",
-    "ARABIC": "Arabic script",
-    "HEBREW": "Hebrew script",
-    "DEVANAGARI": "Devanagari script",
-    "BENGALI": "Bengali script",
-    "GURMUKHI": "Gurmukhi script",
-    "GUJARATI": "Gujarati script",
-    "TAMIL": "Tamil script",
-    "TELUGU": "Telugu script",
-    "KANNADA": "Kannada script",
-    "MALAYALAM": "Malayalam script",
-    "THAI": "Thai script",
-    "LAO": "Lao script",
-    "KHMER": "Khmer script",
-    "MYANMAR": "Myanmar script",
-    "GEORGIAN": "Georgian script",
-    "ARMENIAN": "Armenian script",
-    "ETHIOPIC": "Ethiopic script",
-    "HANGUL": "Korean (Hangul)",
-    "HIRAGANA": "Japanese (kana)",
-    "KATAKANA": "Japanese (kana)",
-    "SINHALA": "Sinhala script",
-}
+_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+WINDOW = 6  # words: a foreign phrase is judged on its own, not outvoted by English filler around it
+_READ = {"LATIN", "CJK", "BOPOMOFO", "MODIFIER", "COMBINING", "IDEOGRAPHIC"}  # letters that are not another script
+_KANA = {"HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"}
 
 
 def _script(ch: str) -> str:
-    """LATIN, CJK or one of _SCRIPT_NAMES' keys for a letter; '' for anything else."""
+    """The script of a letter, by the first word of its Unicode name: LATIN, CJK (read), or
+    another (CYRILLIC, ARABIC, HANGUL, HIRAGANA, TIBETAN, …); '' for a letter without a name."""
     try:
         first = unicodedata.name(ch).split(" ", 1)[0]
     except ValueError:
         return ""
-    if first in ("LATIN", "CJK"):
-        return first
     if first == "HALFWIDTH":  # halfwidth katakana / hangul
         return "KATAKANA" if "KATAKANA" in unicodedata.name(ch) else "HANGUL"
-    return first if first in _SCRIPT_NAMES else ""
+    return "" if first in _READ else first
+
+
+def _clean(text: str) -> str:
+    """NFKC (full-width and mathematical letters become plain ones), lower case, without invisible
+    format characters (which would split words) and without combining marks left over once
+    accents are composed ("t\u0301e\u0301" reads "té"; "está" stays "está")."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", text).lower() if unicodedata.category(ch) != "Cf")
+    return "".join(ch for ch in unicodedata.normalize("NFC", text) if unicodedata.category(ch) not in ("Mn", "Me"))
 
 
 class LanguageCheck:
@@ -82,12 +67,12 @@ class LanguageCheck:
         if not isinstance(data, dict) or not isinstance(data.get("languages"), dict):
             raise ValueError(f"{path.name}: expected `english` and a mapping `languages`")
         self.version = hashlib.sha256(raw).hexdigest()[:8] if path.exists() else "none"
-        self.english = set(str(data["english"]).split())
-        shared = set(str(data.get("shared", "")).split())
+        self.english = set(_clean(str(data["english"])).split())
+        shared = set(_clean(str(data.get("shared", ""))).split())
         self.by_word: dict[str, set[str]] = {}
         self.letters: dict[str, str] = {}
         for lang, spec in dict(data["languages"]).items():
-            for w in str(spec["words"]).split():
+            for w in _clean(str(spec["words"])).split():
                 if w not in self.english and w not in shared:
                     self.by_word.setdefault(w, set()).add(str(lang))
             if spec.get("letters"):
@@ -96,26 +81,40 @@ class LanguageCheck:
     def unread(self, text: str, max_chars: int = 20_000) -> str | None:
         """The language, or script, of `text` when it is not English or Chinese; None when it is
         (or when there is too little text to tell: a stray glyph, a name, one word)."""
-        text = unicodedata.normalize("NFC", text[:max_chars]).lower()
+        raw = unicodedata.normalize("NFKC", text[:max_chars]).lower()
         counts: dict[str, int] = {}
-        for ch in text:
+        for ch in raw:
             if ch.isalpha():
                 script = _script(ch)
                 counts[script] = counts.get(script, 0) + 1
-        letters = sum(counts.values())
-        other = {s: n for s, n in counts.items() if s in _SCRIPT_NAMES}
+        kana = sum(counts.pop(k, 0) for k in _KANA)
+        # Japanese writes kana between kanji ("貴様を殺す"); Chinese posts borrow one "の" (for 的).
+        if kana >= 2 and kana >= 0.25 * (kana + len(_CJK_CHAR.findall(raw))):
+            return "Japanese (kana)"
+        other = {s: n for s, n in counts.items() if s}
         if other:
             script, n = max(other.items(), key=lambda kv: kv[1])
-            kana = counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0)
-            if kana and script in ("HIRAGANA", "KATAKANA"):
-                # Japanese writes kana between kanji; Chinese posts borrow a stray "の" (for 的).
-                if kana >= 3 and kana >= 0.25 * (kana + counts.get("CJK", 0)):
-                    return _SCRIPT_NAMES[script]
-            elif n >= 3 and n >= letters / 3:
-                return _SCRIPT_NAMES[script]
-        words = _LATIN_WORD.findall(text)
+            # Six letters are a word or two, whatever English surrounds them (a kaomoji's "Д" is one).
+            if n >= 6 or (n >= 3 and n >= sum(counts.values()) / 3):
+                return "Korean (Hangul)" if script == "HANGUL" else f"{script.title()} script"
+        words = _LATIN_WORD.findall(_clean(text[:max_chars]))
         if len(words) < 2:
             return None
+        if len(words) <= 3 and _CJK_CHAR.search(raw):
+            return None  # pinyin beside Chinese ("干杯 gan bei")
+        # The whole text, then windows of it: English filler around a foreign sentence does not
+        # outvote it.
+        windows = [words] + [words[i : i + WINDOW] for i in range(0, len(words) - WINDOW // 2, WINDOW // 2)]
+        for i, window in enumerate(windows):
+            # (In windows and in two or three words, a word counts once: "ya ya ya" is one word.)
+            lang = self._vote(window if i == 0 and len(words) > 3 else list(set(window)), raw, 0.1 if i == 0 else 0.0)
+            if lang is not None:
+                return lang
+        return None
+
+    def _vote(self, words: list[str], raw: str, share: float) -> str | None:
+        """A language whose words (a letter only it uses counts as one) outnumber the English ones
+        in `words`: at least two (and `share` of them), or one in two or three words with no English."""
         hits: dict[str, int] = {}
         english = 0
         for w in words:
@@ -126,12 +125,11 @@ class LanguageCheck:
             for lang in self.by_word.get(w, ()):
                 hits[lang] = hits.get(lang, 0) + 1
         for lang, marks in self.letters.items():
-            if any(ch in marks for ch in text):
+            if any(ch in marks for ch in raw):
                 hits[lang] = hits.get(lang, 0) + 1
         if not hits:
             return None
         lang, n = max(hits.items(), key=lambda kv: kv[1])
-        if n > english and ((n >= 2 and n >= 0.1 * len(words)) or (len(words) <= 3 and english == 0)):
-            # (Two or three words with no English among them: one of a language's words is enough.)
+        if n > english and ((n >= 2 and n >= share * len(words)) or (len(words) <= 3 and english == 0)):
             return lang
         return None

@@ -339,18 +339,21 @@ class LiteAnalyzer(Analyzer):
         self.version = f"{LiteAnalyzer.version}.{self.lexicon.version}.{risk}.{self.languages.version}"
         self.max_frames = max_frames
         self.det_side = det_side
-        self._ocr_lock = threading.Lock()
-        self.ocr = RapidOCR(
-            params={
-                "Global.use_cls": False,  # memes and screenshots are upright; the classifier costs time
-                "Global.log_level": "error",  # "no text found" is not news on a photo
-                "Det.limit_type": "max",  # cap the long side (the default upscales the short side)
-                "Det.limit_side_len": det_side,
-                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-                "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
-            }
-        )
+        self._ocr_params = {
+            "Global.use_cls": False,  # memes and screenshots are upright; the classifier costs time
+            "Global.log_level": "error",  # "no text found" is not news on a photo
+            "Det.limit_type": "max",  # cap the long side (the default upscales the short side)
+            "Det.limit_side_len": det_side,
+            "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
+        }
+        self.ocr = RapidOCR(params=self._ocr_params)
+        # A second engine for detection alone (built on the first image where nothing was read):
+        # RapidOCR keeps the flags of its last call, so one engine called both ways would need a
+        # lock that serialises every read (`moderation eval --jobs` shares an analyzer).
+        self._detector: Any = None
+        self._detector_lock = threading.Lock()
 
     # ------------------------------------------------------------ OCR
 
@@ -399,12 +402,18 @@ class LiteAnalyzer(Analyzer):
         return lines, complete
 
     def _ocr(self, tile: Image.Image, rec: bool) -> Any:
-        """One OCR call on a tile (BGR, as OpenCV reads). RapidOCR keeps the flags of its last
-        call: every call names them, under a lock, so a detection-only pass never leaves the
-        next read without recognition, whichever thread makes it."""
+        """One OCR call on a tile (BGR, as OpenCV reads): detection and recognition, or detection
+        alone on an engine of its own (each engine is always called with the same flags)."""
         bgr = np.asarray(tile.convert("RGB"))[:, :, ::-1].copy()
-        with self._ocr_lock:
-            return self.ocr(bgr, use_det=True, use_cls=False, use_rec=rec)
+        if rec:
+            return self.ocr(bgr, use_det=True, use_cls=False, use_rec=True)
+        if self._detector is None:
+            with self._detector_lock:
+                if self._detector is None:
+                    from rapidocr import RapidOCR
+
+                    self._detector = RapidOCR(params=self._ocr_params)
+        return self._detector(bgr, use_det=True, use_cls=False, use_rec=False)
 
     def _unread_lines(self, tile: Image.Image, result: Any) -> list[Any]:
         """Boxes of caption-sized lines the text detector found in a tile where nothing was read:

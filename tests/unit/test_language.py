@@ -51,6 +51,45 @@ def test_the_evaluation_sets_english_and_chinese_are_read() -> None:
     assert len(texts) > 1500 and len(flagged) <= 0.005 * len(texts), flagged
 
 
+def test_english_filler_does_not_outvote_a_foreign_sentence() -> None:
+    unread = [r["text"] for r in ROWS if r["expect"] == "unread"]
+    after = sum(
+        unread_language(t + " lol you know what i mean, that is all i have to say for now") is not None for t in unread
+    )
+    before = sum(unread_language("ok so this is what my cousin sent me, look: " + t) is not None for t in unread)
+    assert after >= 0.7 * len(unread) and before >= 0.7 * len(unread), (after, before)  # 345, 378 of 460
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def _bold(text: str) -> str:  # MATHEMATICAL BOLD SMALL letters
+    return "".join(chr(0x1D41A + ord(c) - ord("a")) if "a" <= c <= "z" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _fullwidth("vendo coca, te lo llevo a tu casa"),
+        _bold("te voy a matar"),
+        "te v\u034foy a m\u034fatar",  # an invisible joiner inside words
+        "te\u200b voy\u200d a matar",  # zero-width characters
+        "貴様を殺す",  # Japanese with two kana
+        "\u0f44\u0f0b\u0f41\u0fb1\u0f7a\u0f51\u0f0b\u0f62\u0f44\u0f0b",  # Tibetan: any script but Latin and Chinese
+    ],
+)
+def test_disguised_or_rarer_text_is_still_named(text: str) -> None:
+    assert unread_language(text) is not None
+
+
+@pytest.mark.parametrize(
+    "text", ["Oi mate", "Ya ya ya", "Ok ciao", "bon appétit", "Las Vegas Raiders", "你好 ni hao", "干杯 gan bei 🍻"]
+)
+def test_short_english_with_a_borrowed_word_stays_read(text: str) -> None:
+    assert unread_language(text) is None
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -66,7 +105,8 @@ def test_the_evaluation_sets_english_and_chinese_are_read() -> None:
         ("죽여버릴거야", "Korean (Hangul)"),
         ("я тебя найду", "Cyrillic script"),
         ("سأقتلك", "Arabic script"),
-        ("x" * 5000 + " я тебя найду", None),  # a line among much else: the analyzer checks each line too
+        ("x" * 5000 + " я тебя найду", "Cyrillic script"),  # six letters of another script, whatever surrounds them
+        ("lol (╯°Д°)╯ so mad rn", None),  # a kaomoji's letter is not Russian
         ("x" * 25_000 + " я тебя найду я тебя найду", None),  # bounded work: the first 20,000 characters
     ],
 )
