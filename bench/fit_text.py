@@ -101,20 +101,41 @@ def report(name: str, clf: TextClassifier, rows: list[Row], marks: dict[str, flo
     return res
 
 
+GRID = np.round(np.arange(0.6, 0.09, -0.05), 2)
+
+
+def rule_mark(pos: np.ndarray, recall: float = 0.85) -> float:
+    """The highest mark of GRID (0.6 down to 0.1) at which `recall` of the scores `pos` reach it."""
+    ok = [m for m in GRID if len(pos) and float((pos >= m).mean()) >= recall]
+    return float(ok[0]) if ok else float(GRID[-1])
+
+
 def suggest_marks(
-    clf: TextClassifier, rows: list[Row], marks: dict[str, float], recall: float = 0.85
+    clf: TextClassifier, rows: list[Row], marks: dict[str, float], recall: float = 0.85, draws: int = 500
 ) -> dict[str, float]:
     """Per category, the highest mark (a multiple of 0.05, 0.1-0.6) at which `recall` of its
     texts in `rows` (the held-out split and the development set) reach review; printed beside the
-    policy's mark with the English harmless-held rate under each set of marks."""
+    policy's mark with the English harmless-held rate under each set of marks.
+
+    A mark moves only when the move is more than sampling noise: the rule is applied to `draws`
+    bootstrap resamples of the category's texts, and the policy's mark is kept while it lies
+    between the 10th and 90th percentile of those marks (with 50-150 texts a category, one
+    refit to the next moves the 85 % quantile by 0.1-0.5 without any real change)."""
     P = probs(clf, rows)
-    grid = np.round(np.arange(0.6, 0.09, -0.05), 2)
+    rng = np.random.default_rng(13)
     out: dict[str, float] = {}
     for j, c in enumerate(clf.categories):
         pos = P[[c in r.labels for r in rows], j]
-        ok = [m for m in grid if len(pos) and float((pos >= m).mean()) >= recall]
-        out[c] = float(ok[0]) if ok else float(grid[-1])
-        print(f"   {c:14s} policy {marks[c]:.2f}  suggested {out[c]:.2f}  (n={len(pos)})")
+        full = rule_mark(pos, recall)
+        boot = (
+            [rule_mark(pos[rng.integers(0, len(pos), len(pos))], recall) for _ in range(draws)] if len(pos) else [full]
+        )
+        lo, hi = float(np.percentile(boot, 10)), float(np.percentile(boot, 90))
+        out[c] = marks[c] if lo - 1e-9 <= marks[c] <= hi + 1e-9 else full
+        print(
+            f"   {c:14s} policy {marks[c]:.2f}  rule {full:.2f} (bootstrap 10-90 %: {lo:.2f}-{hi:.2f})"
+            f"  suggested {out[c]:.2f}  (n={len(pos)})"
+        )
     for lang in sorted({r.lang for r in rows}):
         harmless = [i for i, r in enumerate(rows) if not r.labels and r.lang == lang]
         for name, m in (("policy", marks), ("suggested", out)):

@@ -202,11 +202,7 @@ NEIGHBOURS = [
     ("held", "大家快来看这个丑八怪，评论区一起笑"),  # noqa: RUF001
     # ...and harmless captions of the same shapes (pets, "one more ... and I ...").
     ("allowed", "my cat knocked the plant over again, what a menace"),
-    pytest.param(
-        "allowed",
-        "this dog has zero chill and I love him",
-        marks=pytest.mark.xfail(strict=True, reason="violence_gore 0.26 over its 0.25 mark: a known false positive"),
-    ),
+    ("allowed", "this dog has zero chill and I love him"),
     ("allowed", "one more episode and I'm going to bed, I promise"),
     ("allowed", "one more coffee and I'll be able to finish this report"),
     ("allowed", "我家猫又把杯子推下桌了，气死我了哈哈"),  # noqa: RUF001
@@ -280,7 +276,7 @@ def test_one_word_or_a_few_characters_are_left_to_the_rules() -> None:
     assert all(judgeable(t) for t in ["send nudes", "新年快乐", "kys now", "我会杀了你", "whitepower", "💊❄️🍃"])
     assert _shipped().score("whitepower")["hate"] >= policy.categories["hate"].review_at  # words run together
     assert lexicon.score(normalise("killyourself"))[0]["harassment"] >= 0.9
-    assert _shipped().score("send nudes")["sexual"] >= policy.categories["sexual"].review_at
+    assert _shipped().score("send nudes")["nudity"] >= policy.categories["nudity"].review_at  # asking for nudes
 
 
 def _adapter(model: object, rank: int, seed: int) -> dict[str, np.ndarray]:
